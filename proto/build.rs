@@ -1,0 +1,20 @@
+//! Generates the Rust types and gRPC stubs from `proto/vigo/*.proto` with a pure-Rust
+//! protobuf compiler, so no system `protoc` is needed.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "proto/vigo/events.proto",
+        "proto/vigo/bundle.proto",
+        "proto/vigo/agent.proto",
+        "proto/vigo/admin.proto",
+    ];
+    for file in files {
+        println!("cargo:rerun-if-changed={file}");
+    }
+    let descriptors = protox::compile(files, ["proto"])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(descriptors)?;
+    Ok(())
+}

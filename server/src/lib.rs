@@ -1,0 +1,1 @@
+//! vigosrv library.

@@ -1,0 +1,1 @@
+//! Projections of Vigo: control state from events, fleet index from check-ins.
