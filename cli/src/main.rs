@@ -1,1 +1,216 @@
-fn main() {}
+//! `vigocli`: the operator's command line. Every failure is one line on stderr and a
+//! non-zero exit; `-o json` output is stable and machine-readable.
+
+mod audit;
+mod pack;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::json;
+use tonic::transport::Channel;
+use vigo_proto::admin::admin_client::AdminClient;
+use vigo_proto::admin::{CreateTokenRequest, EnvoyInfo, ListEnvoysRequest, PublishStackRequest, RevokeEnvoyRequest};
+use vigo_proto::tls::{client_config, connect, read_certs, read_key};
+
+#[derive(Parser)]
+#[command(name = "vigocli", version, about = "Vigo operator command line")]
+struct Cli {
+    /// Server address (host:port).
+    #[arg(long, env = "VIGO_SERVER", global = true, default_value = "127.0.0.1:1530")]
+    server: String,
+    /// Admin credentials folder (DATA_DIR/admin of the server).
+    #[arg(long, env = "VIGO_CREDS", global = true)]
+    creds: Option<PathBuf>,
+    /// Output format.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Output::Text)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Enrollment tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// The stack.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Enrolled envoys.
+    #[command(subcommand)]
+    Envoys(EnvoysCommand),
+    /// The event history.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token; prints it alone on stdout.
+    Create {
+        /// How many enrollments it allows.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// Seconds until it expires (0 = never).
+        #[arg(long, default_value_t = 0)]
+        ttl: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Publish a stack directory; prints the new version.
+    Publish {
+        /// The stack directory (assign.yaml, modules/).
+        stack_dir: PathBuf,
+        /// A message recorded with the publish.
+        #[arg(short, long, default_value = "")]
+        message: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum EnvoysCommand {
+    /// List envoys.
+    List,
+    /// Revoke an envoy by hostname or id.
+    Revoke {
+        /// Hostname or envoy id.
+        envoy: String,
+        /// Why.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Print the history from index 1, verifying its hash chain.
+    Log,
+}
+
+async fn admin_client(cli: &Cli) -> anyhow::Result<AdminClient<Channel>> {
+    let Some(creds) = &cli.creds else { bail!("no admin credentials: pass --creds DIR or set VIGO_CREDS") };
+    let file = |name: &str| -> PathBuf { creds.join(name) };
+    let ca = read_certs(&file("ca.crt"))?.remove(0);
+    let identity = (read_certs(&file("admin.crt"))?, read_key(&file("admin.key"))?);
+    let channel = connect(&cli.server, client_config(&ca, Some(identity))?, Duration::from_secs(10)).await?;
+    Ok(AdminClient::new(channel)
+        .max_decoding_message_size(64 * 1024 * 1024)
+        .max_encoding_message_size(64 * 1024 * 1024))
+}
+
+fn status(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}", s.message())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let json_out = cli.output == Output::Json;
+    let mut client = admin_client(&cli).await?;
+    match &cli.command {
+        Command::Token(TokenCommand::Create { uses, ttl }) => {
+            let token =
+                client.create_token(CreateTokenRequest { uses: *uses, ttl_s: *ttl }).await.map_err(status)?.into_inner().token;
+            if json_out {
+                println!("{}", json!({ "token": token, "uses": uses }));
+            } else {
+                println!("{token}");
+            }
+        }
+        Command::Config(ConfigCommand::Publish { stack_dir, message }) => {
+            let archive = pack::pack_dir(stack_dir)?;
+            let response = client
+                .publish_stack(PublishStackRequest { archive, message: message.clone() })
+                .await
+                .map_err(|s| anyhow::anyhow!("publish refused: {}", s.message()))?
+                .into_inner();
+            if json_out {
+                println!(
+                    "{}",
+                    json!({ "version": response.version, "sha256": hex::encode(&response.sha256), "index": response.index })
+                );
+            } else {
+                println!("{}", response.version);
+            }
+        }
+        Command::Envoys(EnvoysCommand::List) => {
+            let envoys = client.list_envoys(ListEnvoysRequest {}).await.map_err(status)?.into_inner().envoys;
+            print_envoys(&envoys, json_out);
+        }
+        Command::Envoys(EnvoysCommand::Revoke { envoy, reason }) => {
+            let response = client
+                .revoke_envoy(RevokeEnvoyRequest { envoy: envoy.clone(), reason: reason.clone() })
+                .await
+                .map_err(status)?
+                .into_inner();
+            if json_out {
+                println!("{}", json!({ "envoy_id": response.envoy_id, "index": response.index }));
+            } else {
+                println!("revoked {}", response.envoy_id);
+            }
+        }
+        Command::Audit(AuditCommand::Log) => audit::log(&mut client, json_out).await?,
+    }
+    Ok(())
+}
+
+fn envoy_json(e: &EnvoyInfo) -> serde_json::Value {
+    json!({
+        "envoy_id": e.envoy_id,
+        "hostname": e.hostname,
+        "revoked": e.revoked,
+        "enrolled_index": e.enrolled_index,
+        "last_seen_ms": e.last_seen_ms,
+        "bundle_fingerprint": hex::encode(&e.bundle_fingerprint),
+        "reports_received": e.reports_received,
+        "last_run": e.last_run.as_ref().map(|r| json!({
+            "run_id": r.run_id,
+            "started_at_ms": r.started_at_ms,
+            "stack_version": r.stack_version,
+            "offline": r.offline,
+            "noop": r.noop,
+            "changed": r.changed,
+            "unchanged": r.unchanged,
+            "failed": r.failed,
+            "skipped": r.skipped,
+            "unsupported": r.unsupported,
+        })),
+    })
+}
+
+fn print_envoys(envoys: &[EnvoyInfo], json_out: bool) {
+    if json_out {
+        println!("{}", serde_json::Value::Array(envoys.iter().map(envoy_json).collect()));
+        return;
+    }
+    println!("{:<20} {:<32} {:<8} {:<10} LAST RUN", "ENVOY", "HOSTNAME", "STATE", "STACK");
+    for e in envoys {
+        let state = if e.revoked { "revoked" } else { "active" };
+        let (stack, run) = match &e.last_run {
+            Some(r) => (
+                format!("v{}", r.stack_version),
+                format!("{} changed, {} failed{}", r.changed, r.failed, if r.offline { " (offline)" } else { "" }),
+            ),
+            None => ("-".into(), "-".into()),
+        };
+        println!("{:<20} {:<32} {:<8} {:<10} {}", e.envoy_id, e.hostname, state, stack, run);
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    if let Err(e) = runtime.block_on(run(cli)) {
+        eprintln!("vigocli: {}", format!("{e:#}").replace('\n', " "));
+        std::process::exit(1);
+    }
+}

@@ -28,3 +28,8 @@ pub mod admin {
     #![allow(clippy::all)]
     tonic::include_proto!("vigo.admin");
 }
+
+pub mod signing;
+pub mod tls;
+pub mod token;
+pub mod chain;

@@ -1,1 +1,92 @@
-//! vigosrv library.
+//! `vigosrv`: the Vigo control-plane server.
+//!
+//! Start reading at `check_in.rs` (the hot path, invariant I-3), then `node.rs` (the control
+//! write path), `services/` (gRPC), `stack/` (the stack compiler), `bundles.rs` (the bundle
+//! cache) and `pki.rs` (the cluster CA and keys).
+
+#![deny(missing_docs)]
+
+pub mod bundles;
+pub mod check_in;
+pub mod error;
+pub mod limits;
+pub mod node;
+pub mod pki;
+pub mod services;
+pub mod stack;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use vigo_proto::admin::admin_server::AdminServer;
+use vigo_proto::agent::agent_server::AgentServer;
+
+use crate::node::{Node, Settings};
+use crate::pki::{Paths, Pki};
+
+/// How to run a server.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Data dir; initialized when empty.
+    pub data_dir: PathBuf,
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Seconds between check-ins.
+    pub check_in_interval_s: u32,
+}
+
+/// Runs the server until `shutdown` resolves.
+pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let paths = Paths::new(&config.data_dir);
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    if !paths.is_initialized() {
+        pki::init(&paths)?;
+        tracing::info!(admin = %paths.admin_dir().display(), "initialized a new single-node cluster; admin credentials written");
+    }
+    let pki = Pki::load(&paths)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listen = listener.local_addr()?;
+    let log = vigo_log::LogNode::open(&config.data_dir, 1, listen.to_string())
+        .await
+        .context("cannot open the event log")?;
+    let settings = Settings { listen: listen.to_string(), check_in_interval_s: config.check_in_interval_s };
+    let node = Node::new(log, pki, settings);
+    let state = node.control();
+    tracing::info!(
+        events = state.last_index(),
+        envoys = state.n_envoys(),
+        stack_version = state.stack_version(),
+        "state rebuilt from the log"
+    );
+
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(&node.pki.server_cert_pem, &node.pki.server_key_pem))
+        .client_ca_root(Certificate::from_pem(&node.pki.ca_pem))
+        .client_auth_optional(true);
+    let max = limits::GRPC_MESSAGE_BYTES_MAX;
+    println!("vigosrv listening on {listen}");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    Server::builder()
+        .tls_config(tls)?
+        .add_service(
+            AgentServer::new(services::agent::AgentService::new(node.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .add_service(
+            AdminServer::new(services::admin::AdminService::new(node.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .context("server failed")?;
+    tracing::info!("shutting down");
+    node.log.shutdown().await.context("log shutdown")?;
+    Ok(())
+}

@@ -1,1 +1,65 @@
-fn main() {}
+//! `vigosrv`: the Vigo control-plane server binary.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "vigosrv", version, about = "Vigo control-plane server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server; an empty data dir initializes a new single-node cluster.
+    Run {
+        /// Where the log, key material and admin credentials live.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// gRPC address for envoys and vigocli.
+        #[arg(long, default_value = "127.0.0.1:1530")]
+        listen: SocketAddr,
+        /// HTTP address for status pages (reserved; metrics arrive with the benchmarks work).
+        #[arg(long)]
+        http: Option<SocketAddr>,
+        /// Seconds between check-ins envoys are asked to keep.
+        #[arg(long, default_value_t = 60)]
+        check_in_interval: u32,
+    },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { data_dir, listen, http: _, check_in_interval } => {
+            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+            runtime.block_on(vigo_server::run(
+                vigo_server::RunConfig { data_dir, listen, check_in_interval_s: check_in_interval },
+                shutdown_signal(),
+            ))
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("vigosrv: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,1 +1,15 @@
-//! Projections of Vigo: control state from events, fleet index from check-ins.
+//! Projections of Vigo. `control` folds committed events into [`ControlState`] — pure, no I/O,
+//! no clock, so every peer and every auditor replaying the log gets the same state. `fleet`
+//! holds observations from check-ins ([`FleetIndex`]) in memory. `chain` is the hash chain that
+//! links every event to its predecessor.
+
+#![deny(missing_docs)]
+
+/// The hash chain, defined with the event schema so auditors' tools can verify it too.
+pub use vigo_proto::chain;
+pub mod control;
+pub mod fleet;
+
+pub use chain::{ChainError, GENESIS_HASH, envelope_hash, seal, verify_next};
+pub use control::{ControlError, ControlState, EnvoyEntry, LiveStack, TokenEntry};
+pub use fleet::{EnvoyObservation, FleetIndex, Replay};

@@ -1,0 +1,84 @@
+//! `envoy enroll`: generate a key, authenticate the server by the CA pin in the token, send
+//! the public key, hostname and token, and keep the certificate the cluster CA issues.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use ed25519_dalek::{Signer, SigningKey};
+use rand::RngCore;
+use rustls::pki_types::CertificateDer;
+use sha2::{Digest, Sha256};
+use vigo_proto::agent::agent_client::AgentClient;
+use vigo_proto::agent::{EnrollRequest, GetCaRequest};
+use vigo_proto::tls::{ca_fetch_config, client_config, connect};
+use vigo_proto::token::Token;
+
+use crate::identity::{self, Enrollment};
+
+/// How long to wait for the server during enrollment.
+const ENROLL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Enrolls this host with the server at `server`; returns the envoy id.
+pub async fn enroll(server: &str, token_text: &str, data_dir: &Path, hostname: &str) -> anyhow::Result<String> {
+    let token = Token::parse(token_text)?;
+    if identity::is_enrolled(data_dir) {
+        bail!("{} already holds an enrollment", data_dir.display());
+    }
+    // 1. Fetch the CA over an unauthenticated channel and trust it only if the token pins it.
+    let channel = connect(server, ca_fetch_config()?, ENROLL_TIMEOUT).await?;
+    let ca_der = AgentClient::new(channel)
+        .get_ca(GetCaRequest {})
+        .await
+        .map_err(|s| anyhow::anyhow!("cannot fetch the cluster CA: {}", s.message()))?
+        .into_inner()
+        .ca_cert_der;
+    if Sha256::digest(&ca_der).as_slice() != token.ca_pin {
+        bail!("server {server} presented a CA that does not match the token: refusing to enroll");
+    }
+    // 2. Enroll over TLS verified against that CA.
+    let mut seed = [0u8; 32];
+    rand::rng().fill_bytes(&mut seed);
+    let key = SigningKey::from_bytes(&seed);
+    let pubkey = key.verifying_key().to_bytes();
+    let proof = key.sign(&vigo_proto::signing::enroll_bytes(token_text.trim(), hostname, &pubkey));
+    let ca = CertificateDer::from(ca_der.clone());
+    let channel = connect(server, client_config(&ca, None)?, ENROLL_TIMEOUT).await?;
+    let response = AgentClient::new(channel)
+        .enroll(EnrollRequest {
+            token: token_text.trim().to_string(),
+            hostname: hostname.to_string(),
+            pubkey: pubkey.to_vec(),
+            proof: proof.to_bytes().to_vec(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("enrollment refused: {}", s.message()))?
+        .into_inner();
+    if response.ca_cert_der != ca_der {
+        bail!("server answered with a different CA than it presented");
+    }
+    identity::save(
+        data_dir,
+        &Enrollment {
+            envoy_id: &response.envoy_id,
+            hostname,
+            servers: &response.servers,
+            bundle_pubkey: &response.bundle_pubkey,
+            check_in_interval_s: response.check_in_interval_s,
+            seed: &seed,
+            cert_der: &response.cert_der,
+            ca_der: &ca_der,
+        },
+    )
+    .context("cannot save the enrollment")?;
+    Ok(response.envoy_id)
+}
+
+/// This machine's hostname.
+pub fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}

@@ -1,0 +1,299 @@
+//! `envoy run`: check in, take a new bundle when there is one, converge, report.
+//!
+//! One iteration is `check_in` → `converge` → `flush_reports`. The server being away is a
+//! normal condition: the iteration then converges the cached bundle against fresh traits,
+//! queues the results, and the loop backs off exponentially with jitter until the server
+//! answers again, when the queue is flushed.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use ed25519_dalek::{Signature, Signer, VerifyingKey};
+use prost::Message;
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use tonic::transport::Channel;
+use vigo_proto::agent::agent_client::AgentClient;
+use vigo_proto::agent::check_in_response::Reply;
+use vigo_proto::agent::resource_result::Status;
+use vigo_proto::agent::{CheckInRequest, CheckInResponse, ReportRequest, RunReport};
+use vigo_proto::bundle::{Bundle, SignedBundle};
+
+use crate::cache::Cache;
+use crate::identity::Identity;
+
+/// How long one call to the server may take before the server counts as away.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// First back-off after the server was unreachable.
+const BACKOFF_START: Duration = Duration::from_secs(1);
+/// Runs sent in one report call.
+const REPORT_PAGE: usize = 50;
+
+/// Options of `envoy run`.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Data dir of the enrollment.
+    pub data_dir: PathBuf,
+    /// Prefix of every managed path.
+    pub root: PathBuf,
+    /// One iteration, then exit.
+    pub once: bool,
+    /// Report what would change; change nothing.
+    pub noop: bool,
+}
+
+/// What one iteration did.
+#[derive(Debug)]
+pub struct Iteration {
+    /// The run's report as queued.
+    pub report: Option<RunReport>,
+    /// Whether the server answered.
+    pub online: bool,
+    /// Seconds the server asked to wait before the next check-in.
+    pub next_check_in_s: u32,
+    /// Runs delivered to the server by this iteration.
+    pub reports_sent: usize,
+}
+
+/// The envoy's state between iterations.
+pub struct Envoy {
+    identity: Identity,
+    cache: Cache,
+    options: RunOptions,
+    channel: Option<Channel>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn status_text(status: &tonic::Status) -> String {
+    format!("{:?}: {}", status.code(), status.message())
+}
+
+impl Envoy {
+    /// Loads identity and cache.
+    pub fn open(options: RunOptions) -> anyhow::Result<Self> {
+        let identity = crate::identity::load(&options.data_dir)?;
+        let cache = Cache::open(&options.data_dir).context("cannot open the envoy cache")?;
+        Ok(Self { identity, cache, options, channel: None })
+    }
+
+    async fn client(&mut self) -> Option<AgentClient<Channel>> {
+        if let Some(channel) = &self.channel {
+            return Some(AgentClient::new(channel.clone()));
+        }
+        for server in &self.identity.servers {
+            match vigo_proto::tls::connect(server, self.identity.tls.clone(), CALL_TIMEOUT).await {
+                Ok(channel) => {
+                    self.channel = Some(channel.clone());
+                    return Some(AgentClient::new(channel));
+                }
+                Err(e) => tracing::warn!("server {server} unreachable: {e}"),
+            }
+        }
+        None
+    }
+
+    fn signed_check_in(
+        &self,
+        traits: Option<&str>,
+        traits_hash: &[u8],
+        fingerprint: &[u8],
+    ) -> anyhow::Result<CheckInRequest> {
+        let mut req = CheckInRequest {
+            envoy_id: self.identity.envoy_id.clone(),
+            counter: self.cache.next_counter()?,
+            traits_hash: traits_hash.to_vec(),
+            bundle_fingerprint: fingerprint.to_vec(),
+            signature: Vec::new(),
+            traits_json: traits.unwrap_or_default().to_string(),
+        };
+        req.signature = self.identity.key.sign(&vigo_proto::signing::check_in_bytes(&req)).to_bytes().to_vec();
+        Ok(req)
+    }
+
+    /// Checks in; `Ok(None)` when the server is away.
+    async fn check_in(
+        &mut self,
+        traits_json: &str,
+        traits_hash: &[u8],
+        fingerprint: &[u8],
+    ) -> anyhow::Result<Option<CheckInResponse>> {
+        let Some(mut client) = self.client().await else { return Ok(None) };
+        let mut send_traits = false;
+        for _ in 0..2 {
+            let req = self.signed_check_in(send_traits.then_some(traits_json), traits_hash, fingerprint)?;
+            match client.check_in(req).await {
+                Ok(response) => {
+                    let response = response.into_inner();
+                    if response.send_traits && !send_traits {
+                        send_traits = true;
+                        continue;
+                    }
+                    return Ok(Some(response));
+                }
+                Err(status) if status.code() == tonic::Code::Unavailable || status.code() == tonic::Code::Unknown => {
+                    tracing::warn!("check-in failed: {}", status_text(&status));
+                    self.channel = None;
+                    return Ok(None);
+                }
+                Err(status) => anyhow::bail!("check-in refused: {}", status_text(&status)),
+            }
+        }
+        anyhow::bail!("server keeps asking for traits it was sent")
+    }
+
+    fn verify(&self, signed: &SignedBundle) -> anyhow::Result<Bundle> {
+        let key = VerifyingKey::from_bytes(&self.identity.bundle_pubkey).context("bad bundle key in enrollment")?;
+        let signature = Signature::from_slice(&signed.signature).context("bundle signature malformed")?;
+        key.verify_strict(&vigo_proto::signing::bundle_bytes(&signed.bundle), &signature)
+            .map_err(|_| anyhow::anyhow!("bundle signature does not verify: refusing it"))?;
+        anyhow::ensure!(Sha256::digest(&signed.bundle).as_slice() == signed.fingerprint, "bundle fingerprint mismatch");
+        Bundle::decode(signed.bundle.as_slice()).context("bundle does not decode")
+    }
+
+    /// One check-in, converge and report.
+    pub async fn iterate(&mut self) -> anyhow::Result<Iteration> {
+        let traits = crate::traits::collect(&self.identity.hostname);
+        let (traits_json, traits_hash) = crate::traits::canonical(&traits);
+        let cached = self.cache.load_bundle()?;
+        let fingerprint = cached.as_ref().map(|b| b.fingerprint.clone()).unwrap_or_default();
+        let response = self.check_in(&traits_json, &traits_hash, &fingerprint).await?;
+        let online = response.is_some();
+        let mut next_check_in_s = self.identity.check_in_interval_s;
+        let mut bundle_signed = cached;
+        if let Some(response) = response {
+            next_check_in_s = response.next_check_in_s.max(1);
+            match response.reply {
+                Some(Reply::Bundle(signed)) => {
+                    self.verify(&signed)?;
+                    self.cache.store_bundle(&signed)?;
+                    bundle_signed = Some(signed);
+                }
+                Some(Reply::Backoff(b)) => next_check_in_s = b.retry_after_s.max(1),
+                Some(Reply::Redirect(_)) | Some(Reply::NoChange(_)) | None => {}
+            }
+        }
+        // Never apply anything unverified, also from the cache (it may have been tampered with).
+        let bundle = match &bundle_signed {
+            Some(signed) => Some(self.verify(signed)?),
+            None => None,
+        };
+        let report = bundle.map(|bundle| {
+            let started_at_ms = now_ms();
+            let started = Instant::now();
+            let results = crate::converge::converge(&bundle, &self.options.root, self.options.noop);
+            RunReport {
+                run_id: 0,
+                started_at_ms,
+                duration_ms: started.elapsed().as_millis() as u32,
+                stack_version: bundle.stack_version,
+                bundle_fingerprint: bundle_signed.as_ref().map(|b| b.fingerprint.clone()).unwrap_or_default(),
+                offline: !online,
+                noop: self.options.noop,
+                results,
+            }
+        });
+        let report = match report {
+            Some(mut report) => {
+                report.run_id = self.cache.enqueue_run(&report)?;
+                Some(report)
+            }
+            None => None,
+        };
+        let reports_sent = if online { self.flush_reports().await? } else { 0 };
+        Ok(Iteration { report, online, next_check_in_s, reports_sent })
+    }
+
+    /// Sends queued reports; returns how many the server accepted.
+    async fn flush_reports(&mut self) -> anyhow::Result<usize> {
+        let mut sent = 0;
+        loop {
+            let pending = self.cache.pending_runs(REPORT_PAGE)?;
+            if pending.is_empty() {
+                return Ok(sent);
+            }
+            let Some(mut client) = self.client().await else { return Ok(sent) };
+            let mut req = ReportRequest {
+                envoy_id: self.identity.envoy_id.clone(),
+                counter: self.cache.next_counter()?,
+                runs: pending.iter().map(|(_, r)| r.clone()).collect(),
+                signature: Vec::new(),
+            };
+            req.signature = self.identity.key.sign(&vigo_proto::signing::report_bytes(&req)).to_bytes().to_vec();
+            match client.report_results(req).await {
+                Ok(_) => {
+                    let keys: Vec<u64> = pending.iter().map(|(k, _)| *k).collect();
+                    self.cache.ack_runs(&keys)?;
+                    sent += keys.len();
+                }
+                Err(status) => {
+                    tracing::warn!("report failed, results stay queued: {}", status_text(&status));
+                    self.channel = None;
+                    return Ok(sent);
+                }
+            }
+        }
+    }
+
+    /// Runs iterations until interrupted (or once).
+    pub async fn run(&mut self) -> anyhow::Result<bool> {
+        let mut backoff = BACKOFF_START;
+        loop {
+            let iteration = self.iterate().await?;
+            print_iteration(&iteration, self.cache.n_pending_runs().unwrap_or(0));
+            let failed =
+                iteration.report.as_ref().is_some_and(|r| r.results.iter().any(|x| x.status == Status::Failed as i32));
+            if self.options.once {
+                return Ok(!failed);
+            }
+            let wait = if iteration.online {
+                backoff = BACKOFF_START;
+                jitter(Duration::from_secs(u64::from(iteration.next_check_in_s)))
+            } else {
+                let wait = jitter(backoff);
+                let cap = Duration::from_secs(u64::from(self.identity.check_in_interval_s.max(1)));
+                backoff = (backoff * 2).min(cap);
+                wait
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::signal::ctrl_c() => return Ok(!failed),
+            }
+        }
+    }
+}
+
+/// `d` ± 20%, so a fleet started together spreads out.
+fn jitter(d: Duration) -> Duration {
+    let factor = rand::rng().random_range(0.8..1.2);
+    d.mul_f64(factor)
+}
+
+fn print_iteration(it: &Iteration, pending: u64) {
+    let mode = if it.online { "online" } else { "offline: server unreachable, applied the cached bundle" };
+    let Some(report) = &it.report else {
+        println!("no bundle yet ({mode})");
+        return;
+    };
+    let count = |s: Status| report.results.iter().filter(|r| r.status == s as i32).count();
+    for r in &report.results {
+        if r.status != Status::Unchanged as i32 {
+            let status = Status::try_from(r.status).map_or("?".to_string(), |s| s.as_str_name().to_lowercase());
+            println!("  {status:<12} {} {}", r.id, r.message);
+        }
+    }
+    println!(
+        "run {}: stack v{}: {} changed, {} unchanged, {} failed, {} skipped, {} unsupported ({mode}); {} report(s) sent, {pending} queued",
+        report.run_id,
+        report.stack_version,
+        count(Status::Changed) + count(Status::WouldChange),
+        count(Status::Unchanged),
+        count(Status::Failed),
+        count(Status::Skipped),
+        count(Status::Unsupported),
+        it.reports_sent,
+    );
+}

@@ -1,0 +1,23 @@
+//! Limits of the server, each with the reason for its value.
+
+/// Largest stack archive accepted by `PublishStack`: a stack is text and templates; anything
+/// bigger is almost certainly a mistake (a build tree or binaries), and every peer keeps
+/// every published archive forever in the history.
+pub const STACK_ARCHIVE_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Largest traits document an envoy may send: traits are sent only when their hash changes,
+/// but the server keeps the latest per envoy in memory.
+pub const TRAITS_BYTES_MAX: usize = 256 * 1024;
+
+/// Largest number of runs in one report: the envoy flushes its queue in pages.
+pub const REPORT_RUNS_MAX: usize = 100;
+
+/// Largest page of history returned by one `ReadHistory` call (archives make events big).
+pub const HISTORY_PAGE_MAX: u32 = 1000;
+
+/// Longest hostname (DNS limit).
+pub const HOSTNAME_BYTES_MAX: usize = 253;
+
+/// Largest gRPC message the server decodes: above the archive limit, so a too-big stack gets
+/// the clear limit error rather than a transport error.
+pub const GRPC_MESSAGE_BYTES_MAX: usize = STACK_ARCHIVE_BYTES_MAX + 1024 * 1024;

@@ -1,0 +1,101 @@
+//! The running server's shared parts and the control write path.
+//!
+//! Control writes (tokens, enrollments, revocations, publishes) are validated against the
+//! current state and proposed one at a time under `write_lock`, so a validation can never be
+//! invalidated by a concurrent write before its event commits: a committed event always
+//! applies (I-1). The lock is held across the commit on purpose — this is the admin path,
+//! never the check-in path.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use vigo_log::{LogError, LogNode};
+use vigo_proto::events::{Event, EventEnvelope, EventProposal, event::Kind};
+use vigo_state::{ControlError, ControlState, FleetIndex};
+
+use crate::bundles::BundleCache;
+use crate::check_in::CheckInContext;
+use crate::pki::Pki;
+
+/// Settings of a running server.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Address check-ins and admin calls arrive on.
+    pub listen: String,
+    /// Seconds between check-ins envoys are asked to keep.
+    pub check_in_interval_s: u32,
+}
+
+/// Why a control write did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The request is not valid against the current state; nothing was stored.
+    #[error(transparent)]
+    Refused(#[from] ControlError),
+    /// The log could not commit it.
+    #[error(transparent)]
+    Log(#[from] LogError),
+}
+
+/// Everything the services share.
+pub struct Node {
+    /// The replicated log and its projection.
+    pub log: LogNode,
+    /// Observations.
+    pub fleet: FleetIndex,
+    /// Compiled bundles.
+    pub bundles: BundleCache,
+    /// Key material.
+    pub pki: Pki,
+    /// Settings.
+    pub settings: Settings,
+    write_lock: tokio::sync::Mutex<()>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Node {
+    /// Assembles a node.
+    pub fn new(log: LogNode, pki: Pki, settings: Settings) -> Arc<Self> {
+        let bundles = BundleCache::new(pki.bundle_key.clone());
+        Arc::new(Self { log, fleet: FleetIndex::default(), bundles, pki, settings, write_lock: Default::default() })
+    }
+
+    /// The control snapshot as of the last applied event.
+    pub fn control(&self) -> Arc<ControlState> {
+        self.log.state()
+    }
+
+    /// Runs `f` with what a check-in may touch (I-3).
+    pub fn with_check_in<R>(&self, f: impl FnOnce(&CheckInContext<'_>) -> R) -> R {
+        let control = self.control();
+        let ctx = CheckInContext {
+            control: &control,
+            fleet: &self.fleet,
+            bundles: &self.bundles,
+            check_in_interval_s: self.settings.check_in_interval_s,
+        };
+        f(&ctx)
+    }
+
+    /// Validates `make(state)`'s event and commits it; answers after the commit.
+    ///
+    /// `make` sees the state under the write lock, so it can derive the event from it
+    /// (the next stack version, for instance).
+    pub async fn commit(
+        &self,
+        actor: &str,
+        make: impl FnOnce(&ControlState) -> Result<Kind, ControlError>,
+    ) -> Result<EventEnvelope, WriteError> {
+        let _guard = self.write_lock.lock().await;
+        let state = self.control();
+        let event = Event { kind: Some(make(&state)?) };
+        let proposed_at_ms = now_ms();
+        state.validate(&event, proposed_at_ms)?;
+        let proposal = EventProposal { proposed_at_ms, actor: actor.to_string(), event: Some(event) };
+        Ok(self.log.propose(proposal).await?)
+    }
+}

@@ -1,0 +1,154 @@
+//! The admin service: tokens, publishes, envoys, history. Every call needs a client
+//! certificate issued by the cluster CA to an admin (`vigo-admin:` common name).
+
+use std::sync::Arc;
+
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use tonic::{Request, Response, Status};
+use vigo_proto::admin::admin_server::Admin;
+use vigo_proto::admin::{
+    CreateTokenRequest, CreateTokenResponse, EnvoyInfo, ListEnvoysRequest, ListEnvoysResponse, PublishStackRequest,
+    PublishStackResponse, ReadHistoryRequest, ReadHistoryResponse, RevokeEnvoyRequest, RevokeEnvoyResponse,
+};
+use vigo_proto::events::event::Kind;
+use vigo_proto::events::{EnvoyRevoked, StackPublished, TokenCreated};
+use vigo_proto::token::Token;
+use vigo_state::ControlError;
+
+use crate::limits::{HISTORY_PAGE_MAX, STACK_ARCHIVE_BYTES_MAX};
+use crate::node::{Node, now_ms};
+use crate::pki::{ADMIN_CN_PREFIX, common_name};
+use crate::stack::Stack;
+
+/// The admin service.
+pub struct AdminService {
+    node: Arc<Node>,
+}
+
+impl AdminService {
+    /// Serves `node`.
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+}
+
+/// The admin identity of a request, or a refusal.
+fn admin<T>(request: &Request<T>) -> Result<String, Status> {
+    let certs = request.peer_certs().ok_or_else(|| Status::unauthenticated("admin calls need a client certificate"))?;
+    let cn = certs.first().and_then(|leaf| common_name(leaf.as_ref())).unwrap_or_default();
+    if cn.starts_with(ADMIN_CN_PREFIX) {
+        Ok(cn)
+    } else {
+        Err(Status::permission_denied("client certificate is not an admin certificate"))
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn create_token(&self, request: Request<CreateTokenRequest>) -> Result<Response<CreateTokenResponse>, Status> {
+        let actor = admin(&request)?;
+        let req = request.into_inner();
+        let uses = if req.uses == 0 { 1 } else { req.uses };
+        let mut secret = [0u8; 16];
+        rand::rng().fill_bytes(&mut secret);
+        let token = Token { secret, ca_pin: self.node.pki.ca_sha256() };
+        let expires_at_ms = if req.ttl_s == 0 { 0 } else { now_ms() + i64::from(req.ttl_s) * 1000 };
+        let event = TokenCreated { token_sha256: token.secret_sha256().to_vec(), uses, expires_at_ms };
+        self.node.commit(&actor, |_| Ok(Kind::TokenCreated(event))).await?;
+        Ok(Response::new(CreateTokenResponse { token: token.to_string() }))
+    }
+
+    async fn publish_stack(&self, request: Request<PublishStackRequest>) -> Result<Response<PublishStackResponse>, Status> {
+        let actor = admin(&request)?;
+        let req = request.into_inner();
+        if req.archive.len() > STACK_ARCHIVE_BYTES_MAX {
+            return Err(Status::invalid_argument(format!(
+                "stack archive is {} bytes, over the limit of {STACK_ARCHIVE_BYTES_MAX}",
+                req.archive.len()
+            )));
+        }
+        // Validate fully before proposing: a bad stack never reaches the log, and the live
+        // version does not move.
+        if let Err(errors) = Stack::from_archive(&req.archive) {
+            let problems: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+            return Err(Status::invalid_argument(format!(
+                "stack refused ({} problem{}): {}",
+                problems.len(),
+                if problems.len() == 1 { "" } else { "s" },
+                problems.join("; ")
+            )));
+        }
+        let sha256 = Sha256::digest(&req.archive).to_vec();
+        let mut version = 0;
+        let env = self
+            .node
+            .commit(&actor, |state| {
+                version = state.stack_version() + 1;
+                Ok(Kind::StackPublished(StackPublished {
+                    version,
+                    archive: req.archive,
+                    sha256: sha256.clone(),
+                    author: actor.clone(),
+                    message: req.message,
+                }))
+            })
+            .await?;
+        tracing::info!(version, index = env.index, "stack published");
+        Ok(Response::new(PublishStackResponse { version, sha256, index: env.index }))
+    }
+
+    async fn list_envoys(&self, request: Request<ListEnvoysRequest>) -> Result<Response<ListEnvoysResponse>, Status> {
+        admin(&request)?;
+        let control = self.node.control();
+        let envoys = control
+            .envoys()
+            .map(|e| {
+                let obs = self.node.fleet.get(&e.envoy_id).unwrap_or_default();
+                EnvoyInfo {
+                    envoy_id: e.envoy_id.clone(),
+                    hostname: e.hostname.clone(),
+                    revoked: e.revoked_index.is_some(),
+                    enrolled_index: e.enrolled_index,
+                    last_seen_ms: obs.last_seen_ms,
+                    bundle_fingerprint: obs.bundle_fingerprint,
+                    last_run: obs.last_run,
+                    reports_received: obs.reports_received,
+                }
+            })
+            .collect();
+        Ok(Response::new(ListEnvoysResponse { envoys }))
+    }
+
+    async fn revoke_envoy(&self, request: Request<RevokeEnvoyRequest>) -> Result<Response<RevokeEnvoyResponse>, Status> {
+        let actor = admin(&request)?;
+        let req = request.into_inner();
+        let mut envoy_id = String::new();
+        let env = self
+            .node
+            .commit(&actor, |state| {
+                let envoy = state
+                    .envoy_by_hostname(&req.envoy)
+                    .or_else(|| state.envoy(&req.envoy))
+                    .ok_or_else(|| ControlError::EnvoyUnknown(req.envoy.clone()))?;
+                envoy_id = envoy.envoy_id.clone();
+                Ok(Kind::EnvoyRevoked(EnvoyRevoked { envoy_id: envoy_id.clone(), reason: req.reason }))
+            })
+            .await?;
+        tracing::info!(envoy_id, "envoy revoked");
+        Ok(Response::new(RevokeEnvoyResponse { envoy_id, index: env.index }))
+    }
+
+    async fn read_history(&self, request: Request<ReadHistoryRequest>) -> Result<Response<ReadHistoryResponse>, Status> {
+        admin(&request)?;
+        let req = request.into_inner();
+        let limit = if req.limit == 0 { HISTORY_PAGE_MAX } else { req.limit.min(HISTORY_PAGE_MAX) };
+        let from = req.from_index.max(1);
+        let events = self
+            .node
+            .log
+            .read_history(from, limit as usize)
+            .map_err(|e| Status::data_loss(format!("history cannot be read: {e}")))?;
+        Ok(Response::new(ReadHistoryResponse { events, last_index: self.node.log.last_history_index() }))
+    }
+}

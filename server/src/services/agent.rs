@@ -1,0 +1,106 @@
+//! The agent service: CA fetch, enrollment, check-in and results reports.
+
+use std::sync::Arc;
+
+use ed25519_dalek::{Signature, VerifyingKey};
+use sha2::{Digest, Sha256};
+use tonic::{Request, Response, Status};
+use vigo_proto::agent::agent_server::Agent;
+use vigo_proto::agent::{
+    CheckInRequest, CheckInResponse, EnrollRequest, EnrollResponse, GetCaRequest, GetCaResponse, ReportRequest,
+    ReportResponse,
+};
+use vigo_proto::events::EnvoyEnrolled;
+use vigo_proto::events::event::Kind;
+use vigo_proto::token::Token;
+
+use crate::limits::HOSTNAME_BYTES_MAX;
+use crate::node::{Node, now_ms};
+use crate::services::peer_cert_sha256;
+
+/// The agent service.
+pub struct AgentService {
+    node: Arc<Node>,
+}
+
+impl AgentService {
+    /// Serves `node`.
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+}
+
+/// Whether `name` is a usable hostname: DNS characters only, so it can be matched by globs
+/// and shown everywhere without escaping.
+pub fn check_hostname(name: &str) -> Result<(), Status> {
+    let ok = !name.is_empty()
+        && name.len() <= HOSTNAME_BYTES_MAX
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+        && !name.starts_with(['-', '.']);
+    if ok { Ok(()) } else { Err(Status::invalid_argument(format!("invalid hostname {name:?}"))) }
+}
+
+/// The id an envoy gets: derived from its key, so it is stable and unique per key.
+pub fn envoy_id_for(pubkey: &[u8; 32]) -> String {
+    format!("e-{}", hex::encode(&Sha256::digest(pubkey)[..8]))
+}
+
+#[tonic::async_trait]
+impl Agent for AgentService {
+    async fn get_ca(&self, _request: Request<GetCaRequest>) -> Result<Response<GetCaResponse>, Status> {
+        Ok(Response::new(GetCaResponse { ca_cert_der: self.node.pki.ca_der.clone() }))
+    }
+
+    async fn enroll(&self, request: Request<EnrollRequest>) -> Result<Response<EnrollResponse>, Status> {
+        let req = request.into_inner();
+        let token = Token::parse(&req.token).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if token.ca_pin != self.node.pki.ca_sha256() {
+            return Err(Status::permission_denied("enrollment token was issued by another cluster"));
+        }
+        check_hostname(&req.hostname)?;
+        let pubkey: [u8; 32] =
+            req.pubkey.as_slice().try_into().map_err(|_| Status::invalid_argument("public key must be 32 bytes"))?;
+        let key = VerifyingKey::from_bytes(&pubkey).map_err(|_| Status::invalid_argument("invalid public key"))?;
+        let proof = Signature::from_slice(&req.proof).map_err(|_| Status::invalid_argument("invalid proof"))?;
+        key.verify_strict(&vigo_proto::signing::enroll_bytes(&req.token, &req.hostname, &pubkey), &proof)
+            .map_err(|_| Status::unauthenticated("proof of key possession does not verify"))?;
+
+        let envoy_id = envoy_id_for(&pubkey);
+        let cert_der = self
+            .node
+            .pki
+            .issue_envoy_cert(&envoy_id, &pubkey)
+            .map_err(|e| Status::internal(format!("cannot issue certificate: {e}")))?;
+        let event = EnvoyEnrolled {
+            envoy_id: envoy_id.clone(),
+            hostname: req.hostname.clone(),
+            pubkey: pubkey.to_vec(),
+            token_sha256: token.secret_sha256().to_vec(),
+            cert_sha256: Sha256::digest(&cert_der).to_vec(),
+        };
+        self.node.commit(&format!("envoy:{envoy_id}"), |_| Ok(Kind::EnvoyEnrolled(event))).await?;
+        tracing::info!(envoy_id, hostname = req.hostname, "envoy enrolled");
+        Ok(Response::new(EnrollResponse {
+            envoy_id,
+            cert_der,
+            ca_cert_der: self.node.pki.ca_der.clone(),
+            bundle_pubkey: self.node.pki.bundle_key.verifying_key().to_bytes().to_vec(),
+            servers: vec![self.node.settings.listen.clone()],
+            check_in_interval_s: self.node.settings.check_in_interval_s,
+        }))
+    }
+
+    async fn check_in(&self, request: Request<CheckInRequest>) -> Result<Response<CheckInResponse>, Status> {
+        let peer = peer_cert_sha256(&request);
+        let req = request.into_inner();
+        let response = self.node.with_check_in(|ctx| crate::check_in::check_in(ctx, peer, &req, now_ms()))?;
+        Ok(Response::new(response))
+    }
+
+    async fn report_results(&self, request: Request<ReportRequest>) -> Result<Response<ReportResponse>, Status> {
+        let peer = peer_cert_sha256(&request);
+        let req = request.into_inner();
+        let accepted = self.node.with_check_in(|ctx| crate::check_in::report(ctx, peer, &req, now_ms()))?;
+        Ok(Response::new(ReportResponse { accepted }))
+    }
+}

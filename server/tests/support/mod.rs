@@ -1,0 +1,156 @@
+//! Black-box test support: runs the real `vigosrv`, `vigocli` and `envoy` binaries over
+//! loopback. Binaries come from the same target dir as the test (`cargo test --workspace`
+//! builds them all before any test runs).
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} not built: run the tests with `cargo test --workspace`", path.display());
+    path
+}
+
+/// A running `vigosrv`.
+pub struct Server {
+    pub data_dir: PathBuf,
+    pub addr: String,
+    child: Child,
+}
+
+impl Server {
+    /// Starts a server on `listen` ("127.0.0.1:0" for any port) and waits until it listens.
+    pub fn start(data_dir: &Path, listen: &str) -> Server {
+        let mut child = Command::new(bin("vigosrv"))
+            .args(["run", "--data-dir"])
+            .arg(data_dir)
+            .args(["--listen", listen, "--check-in-interval", "5"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn vigosrv");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("vigosrv listening on ") {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("vigosrv did not start listening within 60 s");
+            }
+        };
+        Server { data_dir: data_dir.to_path_buf(), addr, child }
+    }
+
+    /// Admin credentials folder.
+    pub fn creds(&self) -> PathBuf {
+        self.data_dir.join("admin")
+    }
+
+    /// Runs vigocli against this server.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin("vigocli"))
+            .args(["--server", &self.addr, "--creds"])
+            .arg(self.creds())
+            .args(args)
+            .output()
+            .expect("run vigocli")
+    }
+
+    /// Runs vigocli and returns its stdout, failing the test if it failed.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(out.status.success(), "vigocli {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("utf-8").trim().to_string()
+    }
+
+    /// Runs vigocli with `-o json`.
+    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        serde_json::from_str(&self.cli_ok(&all)).expect("vigocli -o json prints JSON")
+    }
+
+    /// A new single-use token.
+    pub fn token(&self) -> String {
+        self.cli_ok(&["token", "create"])
+    }
+
+    /// Kills the server at once (SIGKILL), like a crash.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Stops the server with SIGTERM and waits for a clean exit.
+    pub fn stop(mut self) {
+        // SAFETY-free: `kill` the command-line tool sends SIGTERM.
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                assert!(status.success(), "vigosrv exited with {status} on SIGTERM");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        panic!("vigosrv did not stop within 20 s of SIGTERM");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Enrolls an envoy; returns its id.
+pub fn enroll(server: &Server, token: &str, data_dir: &Path, hostname: &str) -> Output {
+    Command::new(bin("envoy"))
+        .args(["enroll", "--server", &server.addr, "--token", token, "--hostname", hostname, "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .expect("run envoy enroll")
+}
+
+/// `envoy run --once` with a sandbox root.
+pub fn envoy_once(data_dir: &Path, root: &Path, extra: &[&str]) -> Output {
+    Command::new(bin("envoy"))
+        .args(["run", "--once", "--data-dir"])
+        .arg(data_dir)
+        .arg("--root")
+        .arg(root)
+        .args(extra)
+        .output()
+        .expect("run envoy")
+}
+
+/// Stdout and stderr of a process, for assertion messages.
+pub fn text(out: &Output) -> String {
+    format!("stdout: {}\nstderr: {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// Writes a stack from (relative path, contents) pairs.
+pub fn write_stack(dir: &Path, files: &[(&str, &str)]) {
+    for (rel, contents) in files {
+        let path = dir.join(rel);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, contents).expect("write stack file");
+    }
+}

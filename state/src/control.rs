@@ -1,0 +1,422 @@
+//! `ControlState`: what the control plane knows, as a pure projection of committed events.
+//!
+//! **Architecture Invariant (I-1):** this module does no I/O, reads no clock and draws no
+//! randomness. `apply` is a deterministic function of the state and the envelope, so every
+//! peer, every restart and every auditor replaying the history from index 1 reaches the same
+//! state. Time enters only through `proposed_at_ms`, stamped into the event when proposed.
+//!
+//! Maps are persistent (`imbl`), so cloning the state to publish an immutable snapshot after
+//! each apply costs O(1) and check-ins read that snapshot without locks.
+
+use std::sync::Arc;
+
+use imbl::{HashMap, OrdMap};
+use vigo_proto::events::{Event, EventEnvelope, event::Kind};
+
+use vigo_proto::chain::{self, GENESIS_HASH};
+
+/// An enrollment token, known by its SHA-256 only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenEntry {
+    /// Enrollments still allowed.
+    pub uses_left: u32,
+    /// Refused after this time (ms since epoch); 0 = never.
+    pub expires_at_ms: i64,
+    /// Event index that created it.
+    pub created_index: u64,
+}
+
+/// An enrolled envoy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvoyEntry {
+    /// Stable id, assigned at enrollment.
+    pub envoy_id: String,
+    /// Hostname it enrolled with.
+    pub hostname: String,
+    /// Ed25519 public key: signs check-ins, and is the key of its TLS certificate.
+    pub pubkey: [u8; 32],
+    /// SHA-256 of the DER certificate issued to it.
+    pub cert_sha256: [u8; 32],
+    /// Event index of its enrollment.
+    pub enrolled_index: u64,
+    /// Event index of its revocation; `None` while it may check in.
+    pub revoked_index: Option<u64>,
+}
+
+/// The live version of the stack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveStack {
+    /// Version number, 1 for the first publish.
+    pub version: u64,
+    /// gzip-compressed tar of the stack directory.
+    pub archive: Arc<Vec<u8>>,
+    /// SHA-256 of `archive`.
+    pub sha256: [u8; 32],
+    /// Who published it.
+    pub author: String,
+    /// The publish message.
+    pub message: String,
+    /// Event index of the publish.
+    pub index: u64,
+}
+
+/// Why an event cannot be applied to the current state. Checked before proposing; a
+/// committed event that fails it means divergence, and `apply` panics.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    /// The envelope carries no event.
+    #[error("event is empty")]
+    Empty,
+    /// A field is malformed.
+    #[error("malformed event: {0}")]
+    Malformed(&'static str),
+    /// A token with this hash already exists.
+    #[error("token already exists")]
+    TokenExists,
+    /// No token with this hash.
+    #[error("enrollment token is not valid")]
+    TokenUnknown,
+    /// The token has no uses left.
+    #[error("enrollment token is used up")]
+    TokenUsedUp,
+    /// The token expired.
+    #[error("enrollment token expired")]
+    TokenExpired,
+    /// An active envoy already has this hostname.
+    #[error("hostname {hostname} is already enrolled as {envoy_id}; revoke it first")]
+    HostnameTaken {
+        /// The hostname.
+        hostname: String,
+        /// The envoy holding it.
+        envoy_id: String,
+    },
+    /// The envoy id is already taken.
+    #[error("envoy id {0} is already enrolled")]
+    EnvoyIdTaken(String),
+    /// No envoy with this id.
+    #[error("no envoy {0}")]
+    EnvoyUnknown(String),
+    /// The envoy is already revoked.
+    #[error("envoy {0} is already revoked")]
+    AlreadyRevoked(String),
+    /// A stack version must be the live one plus one.
+    #[error("stack version {found} does not follow the live version {live}")]
+    StackVersion {
+        /// Live version.
+        live: u64,
+        /// Version proposed.
+        found: u64,
+    },
+}
+
+/// The control-plane projection. See the module docs.
+#[derive(Debug, Clone, Default)]
+pub struct ControlState {
+    last_index: u64,
+    last_hash: [u8; 32],
+    tokens: HashMap<[u8; 32], TokenEntry>,
+    envoys: OrdMap<String, Arc<EnvoyEntry>>,
+    /// Hostname → envoy id, for envoys that are not revoked.
+    active_hostnames: HashMap<String, String>,
+    stack: Option<Arc<LiveStack>>,
+}
+
+impl ControlState {
+    /// Index of the last applied event; 0 when none.
+    pub fn last_index(&self) -> u64 {
+        self.last_index
+    }
+
+    /// Hash of the last applied event; [`GENESIS_HASH`] when none.
+    pub fn last_hash(&self) -> [u8; 32] {
+        if self.last_index == 0 { GENESIS_HASH } else { self.last_hash }
+    }
+
+    /// The envoy with this id.
+    pub fn envoy(&self, envoy_id: &str) -> Option<&Arc<EnvoyEntry>> {
+        self.envoys.get(envoy_id)
+    }
+
+    /// The active (not revoked) envoy with this hostname.
+    pub fn envoy_by_hostname(&self, hostname: &str) -> Option<&Arc<EnvoyEntry>> {
+        self.active_hostnames.get(hostname).and_then(|id| self.envoys.get(id))
+    }
+
+    /// All envoys ever enrolled, ordered by id.
+    pub fn envoys(&self) -> impl Iterator<Item = &Arc<EnvoyEntry>> {
+        self.envoys.values()
+    }
+
+    /// Number of envoys ever enrolled.
+    pub fn n_envoys(&self) -> usize {
+        self.envoys.len()
+    }
+
+    /// The token with this hash.
+    pub fn token(&self, token_sha256: &[u8; 32]) -> Option<&TokenEntry> {
+        self.tokens.get(token_sha256)
+    }
+
+    /// The live stack, if any was published.
+    pub fn stack(&self) -> Option<&Arc<LiveStack>> {
+        self.stack.as_ref()
+    }
+
+    /// Version of the live stack; 0 when none.
+    pub fn stack_version(&self) -> u64 {
+        self.stack.as_ref().map_or(0, |s| s.version)
+    }
+
+    /// Whether `event`, stamped at `now_ms`, may be applied to this state.
+    pub fn validate(&self, event: &Event, now_ms: i64) -> Result<(), ControlError> {
+        match event.kind.as_ref().ok_or(ControlError::Empty)? {
+            Kind::TokenCreated(t) => {
+                let hash = hash32(&t.token_sha256).ok_or(ControlError::Malformed("token_sha256 must be 32 bytes"))?;
+                if t.uses == 0 {
+                    return Err(ControlError::Malformed("a token needs at least one use"));
+                }
+                if self.tokens.contains_key(&hash) {
+                    return Err(ControlError::TokenExists);
+                }
+            }
+            Kind::EnvoyEnrolled(e) => {
+                let hash = hash32(&e.token_sha256).ok_or(ControlError::Malformed("token_sha256 must be 32 bytes"))?;
+                hash32(&e.pubkey).ok_or(ControlError::Malformed("pubkey must be 32 bytes"))?;
+                hash32(&e.cert_sha256).ok_or(ControlError::Malformed("cert_sha256 must be 32 bytes"))?;
+                if e.envoy_id.is_empty() || e.hostname.is_empty() {
+                    return Err(ControlError::Malformed("envoy id and hostname are required"));
+                }
+                let token = self.tokens.get(&hash).ok_or(ControlError::TokenUnknown)?;
+                if token.uses_left == 0 {
+                    return Err(ControlError::TokenUsedUp);
+                }
+                if token.expires_at_ms != 0 && now_ms > token.expires_at_ms {
+                    return Err(ControlError::TokenExpired);
+                }
+                if self.envoys.contains_key(&e.envoy_id) {
+                    return Err(ControlError::EnvoyIdTaken(e.envoy_id.clone()));
+                }
+                if let Some(holder) = self.active_hostnames.get(&e.hostname) {
+                    return Err(ControlError::HostnameTaken { hostname: e.hostname.clone(), envoy_id: holder.clone() });
+                }
+            }
+            Kind::EnvoyRevoked(r) => {
+                let envoy = self.envoys.get(&r.envoy_id).ok_or_else(|| ControlError::EnvoyUnknown(r.envoy_id.clone()))?;
+                if envoy.revoked_index.is_some() {
+                    return Err(ControlError::AlreadyRevoked(r.envoy_id.clone()));
+                }
+            }
+            Kind::StackPublished(s) => {
+                hash32(&s.sha256).ok_or(ControlError::Malformed("sha256 must be 32 bytes"))?;
+                let live = self.stack_version();
+                if s.version != live + 1 {
+                    return Err(ControlError::StackVersion { live, found: s.version });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Folds one committed envelope into the state.
+    ///
+    /// Panics when the envelope does not continue the hash chain (I-4) or its event was not
+    /// valid against this state (I-1): either means this copy diverged, and crashing is
+    /// better than serving a state no other peer has.
+    pub fn apply(&mut self, env: &EventEnvelope) {
+        if let Err(e) = chain::verify_next(&self.last_hash(), self.last_index, env) {
+            panic!("I-4: refusing to apply event {}: {e}", env.index);
+        }
+        let event = env.event.as_ref().unwrap_or_else(|| panic!("I-1: event {} is empty", env.index));
+        if let Err(e) = self.validate(event, env.proposed_at_ms) {
+            panic!("I-1: committed event {} is not valid against the state: {e}", env.index);
+        }
+        let index = env.index;
+        match event.kind.as_ref().expect("validated") {
+            Kind::TokenCreated(t) => {
+                let entry = TokenEntry { uses_left: t.uses, expires_at_ms: t.expires_at_ms, created_index: index };
+                self.tokens.insert(hash32(&t.token_sha256).expect("validated"), entry);
+            }
+            Kind::EnvoyEnrolled(e) => {
+                let token_hash = hash32(&e.token_sha256).expect("validated");
+                if let Some(token) = self.tokens.get_mut(&token_hash) {
+                    token.uses_left -= 1;
+                }
+                let entry = EnvoyEntry {
+                    envoy_id: e.envoy_id.clone(),
+                    hostname: e.hostname.clone(),
+                    pubkey: hash32(&e.pubkey).expect("validated"),
+                    cert_sha256: hash32(&e.cert_sha256).expect("validated"),
+                    enrolled_index: index,
+                    revoked_index: None,
+                };
+                self.active_hostnames.insert(e.hostname.clone(), e.envoy_id.clone());
+                self.envoys.insert(e.envoy_id.clone(), Arc::new(entry));
+            }
+            Kind::EnvoyRevoked(r) => {
+                let mut entry = (**self.envoys.get(&r.envoy_id).expect("validated")).clone();
+                entry.revoked_index = Some(index);
+                self.active_hostnames.remove(&entry.hostname);
+                self.envoys.insert(r.envoy_id.clone(), Arc::new(entry));
+            }
+            Kind::StackPublished(s) => {
+                self.stack = Some(Arc::new(LiveStack {
+                    version: s.version,
+                    archive: Arc::new(s.archive.clone()),
+                    sha256: hash32(&s.sha256).expect("validated"),
+                    author: s.author.clone(),
+                    message: s.message.clone(),
+                    index,
+                }));
+            }
+        }
+        self.last_index = index;
+        self.last_hash = chain::to_hash(&env.hash);
+        #[cfg(debug_assertions)]
+        self.check_invariants();
+    }
+
+    /// Cross-checks the indexes of the state against each other; panics on a violation.
+    pub fn check_invariants(&self) {
+        for (hostname, envoy_id) in self.active_hostnames.iter() {
+            let envoy = self.envoys.get(envoy_id).unwrap_or_else(|| panic!("I-5: hostname {hostname} names unknown envoy"));
+            assert!(envoy.revoked_index.is_none(), "I-5: revoked envoy {envoy_id} still holds {hostname}");
+            assert_eq!(&envoy.hostname, hostname, "I-5: hostname index disagrees with envoy {envoy_id}");
+        }
+        let n_active = self.envoys.values().filter(|e| e.revoked_index.is_none()).count();
+        assert_eq!(n_active, self.active_hostnames.len(), "I-5: every active envoy holds its hostname");
+    }
+}
+
+fn hash32(bytes: &[u8]) -> Option<[u8; 32]> {
+    bytes.try_into().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vigo_proto::chain::seal;
+    use vigo_proto::events::{EnvoyEnrolled, EnvoyRevoked, EventProposal, StackPublished, TokenCreated};
+
+    fn propose(state: &ControlState, kind: Kind) -> EventEnvelope {
+        let proposal = EventProposal {
+            proposed_at_ms: 1_700_000_000_000 + state.last_index() as i64,
+            actor: "admin:test".into(),
+            event: Some(Event { kind: Some(kind) }),
+        };
+        seal(proposal, state.last_index() + 1, state.last_index() + 2, state.last_hash())
+    }
+
+    fn enrolled(id: &str, hostname: &str, token: u8) -> Kind {
+        Kind::EnvoyEnrolled(EnvoyEnrolled {
+            envoy_id: id.into(),
+            hostname: hostname.into(),
+            pubkey: vec![7; 32],
+            token_sha256: vec![token; 32],
+            cert_sha256: vec![9; 32],
+        })
+    }
+
+    fn token(n: u8, uses: u32) -> Kind {
+        Kind::TokenCreated(TokenCreated { token_sha256: vec![n; 32], uses, expires_at_ms: 0 })
+    }
+
+    /// Applies a script of events, refusing (and skipping) invalid ones as the server would.
+    fn run(script: Vec<Kind>) -> (ControlState, Vec<String>) {
+        let mut state = ControlState::default();
+        let mut refusals = Vec::new();
+        for kind in script {
+            let env = propose(&state, kind);
+            match state.validate(env.event.as_ref().unwrap(), env.proposed_at_ms) {
+                Ok(()) => state.apply(&env),
+                Err(e) => refusals.push(e.to_string()),
+            }
+        }
+        (state, refusals)
+    }
+
+    fn dump(state: &ControlState) -> String {
+        let mut out = format!("last_index={} stack_version={}\n", state.last_index(), state.stack_version());
+        for e in state.envoys() {
+            out += &format!("envoy {} host={} enrolled@{} revoked@{:?}\n", e.envoy_id, e.hostname, e.enrolled_index, e.revoked_index);
+        }
+        out
+    }
+
+    #[test]
+    fn enroll_revoke_publish_script() {
+        let (state, refusals) = run(vec![
+            token(1, 2),
+            enrolled("e1", "web-1", 1),
+            enrolled("e2", "web-2", 1),
+            enrolled("e3", "web-3", 1),
+            Kind::EnvoyRevoked(EnvoyRevoked { envoy_id: "e1".into(), reason: "retired".into() }),
+            Kind::EnvoyRevoked(EnvoyRevoked { envoy_id: "e1".into(), reason: "twice".into() }),
+            Kind::StackPublished(StackPublished { version: 1, archive: vec![1], sha256: vec![0; 32], author: "a".into(), message: "m".into() }),
+            Kind::StackPublished(StackPublished { version: 3, archive: vec![1], sha256: vec![0; 32], author: "a".into(), message: "m".into() }),
+        ]);
+        assert_eq!(
+            dump(&state),
+            "last_index=5 stack_version=1\nenvoy e1 host=web-1 enrolled@2 revoked@Some(4)\nenvoy e2 host=web-2 enrolled@3 revoked@None\n"
+        );
+        assert_eq!(
+            refusals,
+            vec![
+                "enrollment token is used up",
+                "envoy e1 is already revoked",
+                "stack version 3 does not follow the live version 1"
+            ]
+        );
+        assert_eq!(state.token(&[1; 32]).unwrap().uses_left, 0);
+    }
+
+    #[test]
+    fn hostname_is_free_again_after_revocation() {
+        let (state, refusals) = run(vec![
+            token(1, 5),
+            enrolled("e1", "db-1", 1),
+            enrolled("e2", "db-1", 1),
+            Kind::EnvoyRevoked(EnvoyRevoked { envoy_id: "e1".into(), reason: String::new() }),
+            enrolled("e2", "db-1", 1),
+        ]);
+        assert_eq!(refusals, vec!["hostname db-1 is already enrolled as e1; revoke it first"]);
+        assert_eq!(state.envoy_by_hostname("db-1").unwrap().envoy_id, "e2");
+    }
+
+    #[test]
+    fn unknown_and_expired_tokens_are_refused() {
+        let state = ControlState::default();
+        let err = state.validate(&Event { kind: Some(enrolled("e1", "h", 4)) }, 0).unwrap_err();
+        assert_eq!(err, ControlError::TokenUnknown);
+        let mut state = ControlState::default();
+        let env = propose(&state, Kind::TokenCreated(TokenCreated { token_sha256: vec![4; 32], uses: 1, expires_at_ms: 10 }));
+        state.apply(&env);
+        let err = state.validate(&Event { kind: Some(enrolled("e1", "h", 4)) }, 11).unwrap_err();
+        assert_eq!(err, ControlError::TokenExpired);
+    }
+
+    #[test]
+    #[should_panic(expected = "I-4")]
+    fn i4_apply_refuses_a_broken_link() {
+        let mut state = ControlState::default();
+        let mut env = propose(&state, token(1, 1));
+        env.prev_hash = vec![1; 32];
+        state.apply(&env);
+    }
+
+    #[test]
+    #[should_panic(expected = "I-1")]
+    fn i1_apply_refuses_an_invalid_committed_event() {
+        let mut state = ControlState::default();
+        let env = propose(&state, enrolled("e1", "h", 1));
+        state.apply(&env);
+    }
+
+    #[test]
+    fn i1_replay_is_deterministic() {
+        let script = || vec![token(1, 3), enrolled("a", "h1", 1), enrolled("b", "h2", 1)];
+        let (a, _) = run(script());
+        let (b, _) = run(script());
+        assert_eq!(dump(&a), dump(&b));
+        assert_eq!(a.last_hash(), b.last_hash());
+    }
+}

@@ -1,0 +1,169 @@
+//! `FleetIndex`: observations from check-ins and reports, in memory.
+//!
+//! **Architecture Invariant (I-3):** this is what the check-in path writes, and the only
+//! thing it writes: no log, no database. Every method takes a short, synchronous lock on one
+//! shard (never held across an `.await`), and no method on the check-in path does work
+//! proportional to the fleet size.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::sync::{Arc, Mutex};
+
+use vigo_proto::admin::RunSummary;
+
+/// Number of independently locked shards; a power of two well above the core count keeps
+/// two check-ins from waiting on each other.
+const N_SHARDS: usize = 64;
+
+/// What the server has observed of one envoy since it started.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EnvoyObservation {
+    /// Last accepted check-in or report (ms since epoch).
+    pub last_seen_ms: i64,
+    /// Highest request counter accepted (anti-replay).
+    pub last_counter: u64,
+    /// Hash of the traits it last sent.
+    pub traits_hash: Vec<u8>,
+    /// Its traits as JSON, once sent.
+    pub traits_json: Option<Arc<str>>,
+    /// Fingerprint of the bundle it reported holding.
+    pub bundle_fingerprint: Vec<u8>,
+    /// Summary of its last reported run.
+    pub last_run: Option<RunSummary>,
+    /// Number of run reports received.
+    pub reports_received: u64,
+}
+
+/// A request whose counter did not grow: a replay, or a clone of the envoy's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("request counter {counter} is not above {last}: replay refused")]
+pub struct Replay {
+    /// Counter sent.
+    pub counter: u64,
+    /// Highest counter accepted before.
+    pub last: u64,
+}
+
+/// Observations of the whole fleet. See the module docs.
+#[derive(Debug)]
+pub struct FleetIndex {
+    shards: Vec<Mutex<HashMap<Arc<str>, EnvoyObservation>>>,
+    hasher: RandomState,
+}
+
+impl Default for FleetIndex {
+    fn default() -> Self {
+        Self { shards: (0..N_SHARDS).map(|_| Mutex::new(HashMap::new())).collect(), hasher: RandomState::new() }
+    }
+}
+
+impl FleetIndex {
+    fn shard(&self, envoy_id: &str) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, EnvoyObservation>> {
+        let mut h = self.hasher.build_hasher();
+        envoy_id.hash(&mut h);
+        let shard = &self.shards[(h.finish() as usize) % N_SHARDS];
+        // A panic while holding a shard leaves plain data behind; keep serving it.
+        shard.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Accepts a signed request: the counter must grow (anti-replay); marks the envoy seen.
+    pub fn accept(&self, envoy_id: &str, counter: u64, now_ms: i64) -> Result<(), Replay> {
+        let mut shard = self.shard(envoy_id);
+        let obs = match shard.get_mut(envoy_id) {
+            Some(obs) => obs,
+            None => shard.entry(Arc::from(envoy_id)).or_default(),
+        };
+        if counter <= obs.last_counter {
+            return Err(Replay { counter, last: obs.last_counter });
+        }
+        obs.last_counter = counter;
+        obs.last_seen_ms = now_ms;
+        Ok(())
+    }
+
+    /// Records what the envoy said it holds, and its traits when it sent them.
+    pub fn record_check_in(&self, envoy_id: &str, bundle_fingerprint: &[u8], traits_hash: &[u8], traits_json: Option<Arc<str>>) {
+        let mut shard = self.shard(envoy_id);
+        if let Some(obs) = shard.get_mut(envoy_id) {
+            if obs.bundle_fingerprint != bundle_fingerprint {
+                obs.bundle_fingerprint = bundle_fingerprint.to_vec();
+            }
+            if let Some(json) = traits_json {
+                obs.traits_hash = traits_hash.to_vec();
+                obs.traits_json = Some(json);
+            }
+        }
+    }
+
+    /// The traits last sent by the envoy, if their hash is `traits_hash`.
+    pub fn traits_if_current(&self, envoy_id: &str, traits_hash: &[u8]) -> Option<Arc<str>> {
+        let shard = self.shard(envoy_id);
+        let obs = shard.get(envoy_id)?;
+        if obs.traits_hash == traits_hash { obs.traits_json.clone() } else { None }
+    }
+
+    /// Records a reported run.
+    pub fn record_run(&self, envoy_id: &str, summary: RunSummary) {
+        let mut shard = self.shard(envoy_id);
+        let obs = match shard.get_mut(envoy_id) {
+            Some(obs) => obs,
+            None => shard.entry(Arc::from(envoy_id)).or_default(),
+        };
+        obs.reports_received += 1;
+        let newer = obs.last_run.as_ref().is_none_or(|r| r.started_at_ms <= summary.started_at_ms);
+        if newer {
+            obs.last_run = Some(summary);
+        }
+    }
+
+    /// A copy of what is known of one envoy.
+    pub fn get(&self, envoy_id: &str) -> Option<EnvoyObservation> {
+        self.shard(envoy_id).get(envoy_id).cloned()
+    }
+
+    /// Number of envoys observed since start.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len()).sum()
+    }
+
+    /// Whether nothing was observed yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_must_grow() {
+        let fleet = FleetIndex::default();
+        fleet.accept("e1", 5, 100).unwrap();
+        assert_eq!(fleet.accept("e1", 5, 101), Err(Replay { counter: 5, last: 5 }));
+        assert_eq!(fleet.accept("e1", 4, 101), Err(Replay { counter: 4, last: 5 }));
+        fleet.accept("e1", 6, 102).unwrap();
+        fleet.accept("e2", 1, 102).unwrap();
+        assert_eq!(fleet.get("e1").unwrap().last_seen_ms, 102);
+        assert_eq!(fleet.len(), 2);
+    }
+
+    #[test]
+    fn traits_are_kept_with_their_hash() {
+        let fleet = FleetIndex::default();
+        fleet.accept("e1", 1, 1).unwrap();
+        fleet.record_check_in("e1", b"fp", b"h1", Some(Arc::from("{\"a\":1}")));
+        assert_eq!(fleet.traits_if_current("e1", b"h1").as_deref(), Some("{\"a\":1}"));
+        assert_eq!(fleet.traits_if_current("e1", b"h2"), None);
+    }
+
+    #[test]
+    fn the_latest_run_wins() {
+        let fleet = FleetIndex::default();
+        fleet.record_run("e1", RunSummary { run_id: 2, started_at_ms: 20, ..Default::default() });
+        fleet.record_run("e1", RunSummary { run_id: 1, started_at_ms: 10, ..Default::default() });
+        let obs = fleet.get("e1").unwrap();
+        assert_eq!(obs.last_run.unwrap().run_id, 2);
+        assert_eq!(obs.reports_received, 2);
+    }
+}
