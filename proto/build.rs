@@ -2,19 +2,12 @@
 //! protobuf compiler, so no system `protoc` is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = [
-        "proto/vigo/events.proto",
-        "proto/vigo/bundle.proto",
-        "proto/vigo/agent.proto",
-        "proto/vigo/admin.proto",
-    ];
+    let files =
+        ["proto/vigo/events.proto", "proto/vigo/bundle.proto", "proto/vigo/agent.proto", "proto/vigo/admin.proto"];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }
     let descriptors = protox::compile(files, ["proto"])?;
-    tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(true)
-        .compile_fds(descriptors)?;
+    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(descriptors)?;
     Ok(())
 }

@@ -10,7 +10,8 @@ bash scripts/setup.sh
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/vigo-target}"
 echo "demo: building (the first build compiles RocksDB and takes a while)..."
-cargo build --workspace --bins --quiet
+# The same build as the tests (`cargo test` mode builds every binary too), so RocksDB compiles once.
+cargo test --workspace --no-run --quiet
 BIN="$CARGO_TARGET_DIR/debug"
 
 DEMO_DIR="${DEMO_DIR:-$PWD/demo}"

@@ -23,6 +23,7 @@ fn run_without_enrollment_says_so() {
 #[test]
 fn a_malformed_token_is_refused_before_connecting() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = envoy(&["enroll", "--server", "127.0.0.1:9", "--token", "nope", "--data-dir", tmp.path().to_str().unwrap()]);
+    let out =
+        envoy(&["enroll", "--server", "127.0.0.1:9", "--token", "nope", "--data-dir", tmp.path().to_str().unwrap()]);
     one_line_failure(&out, "malformed enrollment token");
 }

@@ -118,8 +118,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut client = admin_client(&cli).await?;
     match &cli.command {
         Command::Token(TokenCommand::Create { uses, ttl }) => {
-            let token =
-                client.create_token(CreateTokenRequest { uses: *uses, ttl_s: *ttl }).await.map_err(status)?.into_inner().token;
+            let token = client
+                .create_token(CreateTokenRequest { uses: *uses, ttl_s: *ttl })
+                .await
+                .map_err(status)?
+                .into_inner()
+                .token;
             if json_out {
                 println!("{}", json!({ "token": token, "uses": uses }));
             } else {

@@ -92,7 +92,8 @@ impl History {
         // Start at the predecessor (key 0 holds nothing, so from 1 this starts at event 1): one
         // iterator, so the predecessor and the events read are from the same consistent view.
         let start_key = db::index_key(from - 1);
-        let mut iter = self.db.iterator_cf(db::cf(&self.db, CF_HISTORY), IteratorMode::From(&start_key, Direction::Forward));
+        let mut iter =
+            self.db.iterator_cf(db::cf(&self.db, CF_HISTORY), IteratorMode::From(&start_key, Direction::Forward));
         let (mut prev_index, mut prev_hash) = (0, GENESIS_HASH);
         if from > 1 {
             let Some(item) = iter.next() else { return Ok(()) };
@@ -147,7 +148,10 @@ fn decode_stored(key: &[u8], value: &[u8]) -> Result<(u64, EventEnvelope), LogEr
     let env = EventEnvelope::decode(value)
         .map_err(|e| LogError::Chain { index, reason: format!("stored envelope does not decode: {e}") })?;
     if env.index != index {
-        return Err(LogError::Chain { index, reason: format!("envelope stored under index {index} says {}", env.index) });
+        return Err(LogError::Chain {
+            index,
+            reason: format!("envelope stored under index {index} says {}", env.index),
+        });
     }
     Ok((index, env))
 }

@@ -32,12 +32,24 @@ impl LogStore {
         Self { db }
     }
 
-    fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &str, subject: ErrorSubject<u64>) -> Result<Option<T>, StorageError> {
-        db::get(&self.db, CF_STORE, key).map_err(|e| StorageIOError::new(subject, ErrorVerb::Read, AnyError::error(e)).into())
+    fn read_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+        subject: ErrorSubject<u64>,
+    ) -> Result<Option<T>, StorageError> {
+        db::get(&self.db, CF_STORE, key)
+            .map_err(|e| StorageIOError::new(subject, ErrorVerb::Read, AnyError::error(e)).into())
     }
 
-    fn put_meta<T: serde::Serialize>(&self, key: &str, value: &T, subject: ErrorSubject<u64>, sync: bool) -> Result<(), StorageError> {
-        let write_err = |e: &dyn std::fmt::Display| StorageIOError::new(subject.clone(), ErrorVerb::Write, AnyError::error(e));
+    fn put_meta<T: serde::Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+        subject: ErrorSubject<u64>,
+        sync: bool,
+    ) -> Result<(), StorageError> {
+        let write_err =
+            |e: &dyn std::fmt::Display| StorageIOError::new(subject.clone(), ErrorVerb::Write, AnyError::error(e));
         let bytes = db::encode(value).map_err(|e| write_err(&e))?;
         let opts = if sync { db::synced() } else { rocksdb::WriteOptions::default() };
         self.db.put_cf_opt(db::cf(&self.db, CF_STORE), key, bytes, &opts).map_err(|e| write_err(&e))?;

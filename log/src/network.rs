@@ -2,13 +2,13 @@
 //! call answers `Unreachable`; the HA work replaces this file with a gRPC client (and adds the
 //! matching server) without touching the rest of the crate.
 
+use openraft::BasicNode;
 use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
-use openraft::BasicNode;
 
 use crate::types::TypeConfig;
 

@@ -147,12 +147,8 @@ impl LogNode {
                 .map_err(|e| LogError::Fatal(format!("cannot initialize the cluster: {e}")))?;
             tracing::info!(node_id = self.node_id, %addr, "initialized a single-voter raft cluster");
         }
-        let metrics = self
-            .raft
-            .wait(Some(limits::LEADER_WAIT))
-            .current_leader(self.node_id, "open")
-            .await
-            .map_err(wait_error)?;
+        let metrics =
+            self.raft.wait(Some(limits::LEADER_WAIT)).current_leader(self.node_id, "open").await.map_err(wait_error)?;
         // Entries committed before a restart are applied again only now that a leader
         // committed in its own term; wait for them so the state is complete when we return.
         self.raft

@@ -54,11 +54,13 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_membership: self.last_membership.clone(),
             snapshot_id: snapshot_id(self.last_applied, self.last_event_index),
         };
-        let write_err = |e: &dyn std::fmt::Display| StorageIOError::write_snapshot(Some(meta.signature()), AnyError::error(e));
+        let write_err =
+            |e: &dyn std::fmt::Display| StorageIOError::write_snapshot(Some(meta.signature()), AnyError::error(e));
         // Apply writes are not fsynced one by one; once openraft has this snapshot it may purge
         // the log entries it covers, so everything applied so far must be durable first.
         self.db.flush_wal(true).map_err(|e| write_err(&e))?;
-        let data = encode_history(&self.history, self.last_event_index, &self.last_event_hash).map_err(|e| write_err(&e))?;
+        let data =
+            encode_history(&self.history, self.last_event_index, &self.last_event_hash).map_err(|e| write_err(&e))?;
         let record = SnapshotRecord {
             meta: meta.clone(),
             last_event_index: self.last_event_index,
@@ -102,7 +104,8 @@ pub(crate) fn decode_history(mut data: &[u8]) -> Result<DecodedHistory<'_>, LogE
     let mut events = Vec::new();
     while !data.is_empty() {
         let at = state.last_index() + 1;
-        let malformed = |e: &dyn std::fmt::Display| LogError::Chain { index: at, reason: format!("malformed snapshot: {e}") };
+        let malformed =
+            |e: &dyn std::fmt::Display| LogError::Chain { index: at, reason: format!("malformed snapshot: {e}") };
         let len = prost::encoding::decode_varint(&mut data).map_err(|e| malformed(&e))?;
         let len = usize::try_from(len).ok().filter(|len| *len <= data.len()).ok_or_else(|| malformed(&"truncated"))?;
         let (raw, rest) = data.split_at(len);
@@ -138,7 +141,9 @@ pub(crate) fn current(db: &DB, history: &History) -> Result<Option<Snapshot<Type
 /// Names a snapshot by what it covers, so the same state always gets the same id.
 fn snapshot_id(last_applied: Option<LogId>, last_event_index: u64) -> String {
     match last_applied {
-        Some(log_id) => format!("{}-{}-{}-e{last_event_index}", log_id.leader_id.term, log_id.leader_id.node_id, log_id.index),
+        Some(log_id) => {
+            format!("{}-{}-{}-e{last_event_index}", log_id.leader_id.term, log_id.leader_id.node_id, log_id.index)
+        }
         None => format!("empty-e{last_event_index}"),
     }
 }

@@ -102,7 +102,12 @@ impl StateMachineStore {
     }
 
     /// Adds the applied log id and membership to `batch`.
-    fn put_applied(&self, batch: &mut WriteBatch, applied: &LogId, membership: &StoredMembership) -> Result<(), postcard::Error> {
+    fn put_applied(
+        &self,
+        batch: &mut WriteBatch,
+        applied: &LogId,
+        membership: &StoredMembership,
+    ) -> Result<(), postcard::Error> {
         let cf = db::cf(&self.db, CF_SM);
         batch.put_cf(cf, KEY_LAST_APPLIED, db::encode(applied)?);
         batch.put_cf(cf, KEY_LAST_MEMBERSHIP, db::encode(membership)?);
@@ -190,7 +195,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
         let err = |verb, e: &dyn std::fmt::Display| -> StorageError {
             StorageIOError::new(ErrorSubject::Snapshot(Some(meta.signature())), verb, AnyError::error(e)).into()
         };
@@ -204,10 +213,16 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
         let cf = db::cf(&self.db, CF_SM);
         match &meta.last_log_id {
-            Some(applied) => batch.put_cf(cf, KEY_LAST_APPLIED, db::encode(applied).map_err(|e| err(ErrorVerb::Write, &e))?),
+            Some(applied) => {
+                batch.put_cf(cf, KEY_LAST_APPLIED, db::encode(applied).map_err(|e| err(ErrorVerb::Write, &e))?)
+            }
             None => batch.delete_cf(cf, KEY_LAST_APPLIED),
         }
-        batch.put_cf(cf, KEY_LAST_MEMBERSHIP, db::encode(&meta.last_membership).map_err(|e| err(ErrorVerb::Write, &e))?);
+        batch.put_cf(
+            cf,
+            KEY_LAST_MEMBERSHIP,
+            db::encode(&meta.last_membership).map_err(|e| err(ErrorVerb::Write, &e))?,
+        );
         let record = SnapshotRecord {
             meta: meta.clone(),
             last_event_index: decoded.state.last_index(),

@@ -11,7 +11,8 @@ struct RocksBuilder;
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for RocksBuilder {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), StorageError<u64>> {
         let dir = tempfile::tempdir().map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
-        let (log_store, state_machine) = open_storage(dir.path()).map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
+        let (log_store, state_machine) =
+            open_storage(dir.path()).map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
         Ok((dir, log_store, state_machine))
     }
 }

@@ -3,9 +3,9 @@
 //! field left empty. Any copy of the history can be verified from index 1 without trusting
 //! the peer it came from.
 
+use crate::events::{EventEnvelope, EventProposal};
 use prost::Message;
 use sha2::{Digest, Sha256};
-use crate::events::{EventEnvelope, EventProposal};
 
 /// `prev_hash` of the first event.
 pub const GENESIS_HASH: [u8; 32] = [0; 32];

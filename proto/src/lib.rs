@@ -29,7 +29,7 @@ pub mod admin {
     tonic::include_proto!("vigo.admin");
 }
 
+pub mod chain;
 pub mod signing;
 pub mod tls;
 pub mod token;
-pub mod chain;

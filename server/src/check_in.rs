@@ -12,9 +12,11 @@ use std::sync::Arc;
 
 use ed25519_dalek::{Signature, VerifyingKey};
 use sha2::{Digest, Sha256};
-use vigo_proto::agent::{CheckInRequest, CheckInResponse, NoChange, ReportRequest, RunReport, check_in_response::Reply};
 use vigo_proto::admin::RunSummary;
 use vigo_proto::agent::resource_result::Status as ResultStatus;
+use vigo_proto::agent::{
+    CheckInRequest, CheckInResponse, NoChange, ReportRequest, RunReport, check_in_response::Reply,
+};
 use vigo_state::{ControlState, EnvoyEntry, FleetIndex, Replay};
 
 use crate::bundles::{BundleCache, BundleError};

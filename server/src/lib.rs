@@ -51,9 +51,8 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let listen = listener.local_addr()?;
-    let log = vigo_log::LogNode::open(&config.data_dir, 1, listen.to_string())
-        .await
-        .context("cannot open the event log")?;
+    let log =
+        vigo_log::LogNode::open(&config.data_dir, 1, listen.to_string()).await.context("cannot open the event log")?;
     let settings = Settings { listen: listen.to_string(), check_in_interval_s: config.check_in_interval_s };
     let node = Node::new(log, pki, settings);
     let state = node.control();

@@ -82,7 +82,11 @@ fn ca_params() -> CertificateParams {
     params
 }
 
-fn leaf_params(common_name: &str, sans: Vec<String>, usage: ExtendedKeyUsagePurpose) -> anyhow::Result<CertificateParams> {
+fn leaf_params(
+    common_name: &str,
+    sans: Vec<String>,
+    usage: ExtendedKeyUsagePurpose,
+) -> anyhow::Result<CertificateParams> {
     let mut params = CertificateParams::new(sans)?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, common_name);
@@ -96,8 +100,8 @@ fn leaf_params(common_name: &str, sans: Vec<String>, usage: ExtendedKeyUsagePurp
 }
 
 fn write_secret(path: &Path, contents: &str) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create_new(true)

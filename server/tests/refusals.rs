@@ -48,7 +48,13 @@ fn bad_stacks_are_refused_with_file_line_and_reason_and_the_live_version_stays()
     assert_eq!(server.cli_ok(&["config", "publish", good.to_str().unwrap()]), "1");
 
     let m = "modules/m/module.yaml";
-    refused(&server, tmp.path(), "yaml", &[(m, "resources:\n  - type: file\n    path: [unclosed\n")], &[m, ":4", "invalid YAML"]);
+    refused(
+        &server,
+        tmp.path(),
+        "yaml",
+        &[(m, "resources:\n  - type: file\n    path: [unclosed\n")],
+        &[m, ":4", "invalid YAML"],
+    );
     refused(
         &server,
         tmp.path(),

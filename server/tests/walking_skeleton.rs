@@ -7,7 +7,7 @@ mod support;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use support::{Server, envoy_once, enroll, text, write_stack};
+use support::{Server, enroll, envoy_once, text, write_stack};
 
 const HOSTS: [&str; 3] = ["web-1.example.com", "web-2.example.com", "db-1.example.com"];
 
@@ -15,7 +15,10 @@ fn stack(dir: &Path, greeting: &str) {
     write_stack(
         dir,
         &[
-            ("assign.yaml", &format!("- match: \"web-*\"\n  modules: [site]\n  vars: {{ greeting: \"{greeting}\" }}\n")),
+            (
+                "assign.yaml",
+                &format!("- match: \"web-*\"\n  modules: [site]\n  vars: {{ greeting: \"{greeting}\" }}\n"),
+            ),
             (
                 "modules/site/module.yaml",
                 "resources:\n\

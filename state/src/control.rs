@@ -201,7 +201,8 @@ impl ControlState {
                 }
             }
             Kind::EnvoyRevoked(r) => {
-                let envoy = self.envoys.get(&r.envoy_id).ok_or_else(|| ControlError::EnvoyUnknown(r.envoy_id.clone()))?;
+                let envoy =
+                    self.envoys.get(&r.envoy_id).ok_or_else(|| ControlError::EnvoyUnknown(r.envoy_id.clone()))?;
                 if envoy.revoked_index.is_some() {
                     return Err(ControlError::AlreadyRevoked(r.envoy_id.clone()));
                 }
@@ -278,7 +279,8 @@ impl ControlState {
     /// Cross-checks the indexes of the state against each other; panics on a violation.
     pub fn check_invariants(&self) {
         for (hostname, envoy_id) in self.active_hostnames.iter() {
-            let envoy = self.envoys.get(envoy_id).unwrap_or_else(|| panic!("I-5: hostname {hostname} names unknown envoy"));
+            let envoy =
+                self.envoys.get(envoy_id).unwrap_or_else(|| panic!("I-5: hostname {hostname} names unknown envoy"));
             assert!(envoy.revoked_index.is_none(), "I-5: revoked envoy {envoy_id} still holds {hostname}");
             assert_eq!(&envoy.hostname, hostname, "I-5: hostname index disagrees with envoy {envoy_id}");
         }
@@ -337,7 +339,10 @@ mod tests {
     fn dump(state: &ControlState) -> String {
         let mut out = format!("last_index={} stack_version={}\n", state.last_index(), state.stack_version());
         for e in state.envoys() {
-            out += &format!("envoy {} host={} enrolled@{} revoked@{:?}\n", e.envoy_id, e.hostname, e.enrolled_index, e.revoked_index);
+            out += &format!(
+                "envoy {} host={} enrolled@{} revoked@{:?}\n",
+                e.envoy_id, e.hostname, e.enrolled_index, e.revoked_index
+            );
         }
         out
     }
@@ -351,8 +356,20 @@ mod tests {
             enrolled("e3", "web-3", 1),
             Kind::EnvoyRevoked(EnvoyRevoked { envoy_id: "e1".into(), reason: "retired".into() }),
             Kind::EnvoyRevoked(EnvoyRevoked { envoy_id: "e1".into(), reason: "twice".into() }),
-            Kind::StackPublished(StackPublished { version: 1, archive: vec![1], sha256: vec![0; 32], author: "a".into(), message: "m".into() }),
-            Kind::StackPublished(StackPublished { version: 3, archive: vec![1], sha256: vec![0; 32], author: "a".into(), message: "m".into() }),
+            Kind::StackPublished(StackPublished {
+                version: 1,
+                archive: vec![1],
+                sha256: vec![0; 32],
+                author: "a".into(),
+                message: "m".into(),
+            }),
+            Kind::StackPublished(StackPublished {
+                version: 3,
+                archive: vec![1],
+                sha256: vec![0; 32],
+                author: "a".into(),
+                message: "m".into(),
+            }),
         ]);
         assert_eq!(
             dump(&state),
@@ -388,7 +405,8 @@ mod tests {
         let err = state.validate(&Event { kind: Some(enrolled("e1", "h", 4)) }, 0).unwrap_err();
         assert_eq!(err, ControlError::TokenUnknown);
         let mut state = ControlState::default();
-        let env = propose(&state, Kind::TokenCreated(TokenCreated { token_sha256: vec![4; 32], uses: 1, expires_at_ms: 10 }));
+        let env =
+            propose(&state, Kind::TokenCreated(TokenCreated { token_sha256: vec![4; 32], uses: 1, expires_at_ms: 10 }));
         state.apply(&env);
         let err = state.validate(&Event { kind: Some(enrolled("e1", "h", 4)) }, 11).unwrap_err();
         assert_eq!(err, ControlError::TokenExpired);

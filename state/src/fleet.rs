@@ -6,7 +6,7 @@
 //! proportional to the fleet size.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex};
 
 use vigo_proto::admin::RunSummary;
@@ -59,9 +59,7 @@ impl Default for FleetIndex {
 
 impl FleetIndex {
     fn shard(&self, envoy_id: &str) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, EnvoyObservation>> {
-        let mut h = self.hasher.build_hasher();
-        envoy_id.hash(&mut h);
-        let shard = &self.shards[(h.finish() as usize) % N_SHARDS];
+        let shard = &self.shards[(self.hasher.hash_one(envoy_id) as usize) % N_SHARDS];
         // A panic while holding a shard leaves plain data behind; keep serving it.
         shard.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -82,7 +80,13 @@ impl FleetIndex {
     }
 
     /// Records what the envoy said it holds, and its traits when it sent them.
-    pub fn record_check_in(&self, envoy_id: &str, bundle_fingerprint: &[u8], traits_hash: &[u8], traits_json: Option<Arc<str>>) {
+    pub fn record_check_in(
+        &self,
+        envoy_id: &str,
+        bundle_fingerprint: &[u8],
+        traits_hash: &[u8],
+        traits_json: Option<Arc<str>>,
+    ) {
         let mut shard = self.shard(envoy_id);
         if let Some(obs) = shard.get_mut(envoy_id) {
             if obs.bundle_fingerprint != bundle_fingerprint {

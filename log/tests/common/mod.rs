@@ -21,5 +21,9 @@ pub fn stack(version: u64) -> EventProposal {
 }
 
 fn proposal(kind: Kind) -> EventProposal {
-    EventProposal { proposed_at_ms: 1_700_000_000_000, actor: "admin:test".into(), event: Some(Event { kind: Some(kind) }) }
+    EventProposal {
+        proposed_at_ms: 1_700_000_000_000,
+        actor: "admin:test".into(),
+        event: Some(Event { kind: Some(kind) }),
+    }
 }

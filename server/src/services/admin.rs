@@ -46,7 +46,10 @@ fn admin<T>(request: &Request<T>) -> Result<String, Status> {
 
 #[tonic::async_trait]
 impl Admin for AdminService {
-    async fn create_token(&self, request: Request<CreateTokenRequest>) -> Result<Response<CreateTokenResponse>, Status> {
+    async fn create_token(
+        &self,
+        request: Request<CreateTokenRequest>,
+    ) -> Result<Response<CreateTokenResponse>, Status> {
         let actor = admin(&request)?;
         let req = request.into_inner();
         let uses = if req.uses == 0 { 1 } else { req.uses };
@@ -59,7 +62,10 @@ impl Admin for AdminService {
         Ok(Response::new(CreateTokenResponse { token: token.to_string() }))
     }
 
-    async fn publish_stack(&self, request: Request<PublishStackRequest>) -> Result<Response<PublishStackResponse>, Status> {
+    async fn publish_stack(
+        &self,
+        request: Request<PublishStackRequest>,
+    ) -> Result<Response<PublishStackResponse>, Status> {
         let actor = admin(&request)?;
         let req = request.into_inner();
         if req.archive.len() > STACK_ARCHIVE_BYTES_MAX {
@@ -120,7 +126,10 @@ impl Admin for AdminService {
         Ok(Response::new(ListEnvoysResponse { envoys }))
     }
 
-    async fn revoke_envoy(&self, request: Request<RevokeEnvoyRequest>) -> Result<Response<RevokeEnvoyResponse>, Status> {
+    async fn revoke_envoy(
+        &self,
+        request: Request<RevokeEnvoyRequest>,
+    ) -> Result<Response<RevokeEnvoyResponse>, Status> {
         let actor = admin(&request)?;
         let req = request.into_inner();
         let mut envoy_id = String::new();
@@ -139,7 +148,10 @@ impl Admin for AdminService {
         Ok(Response::new(RevokeEnvoyResponse { envoy_id, index: env.index }))
     }
 
-    async fn read_history(&self, request: Request<ReadHistoryRequest>) -> Result<Response<ReadHistoryResponse>, Status> {
+    async fn read_history(
+        &self,
+        request: Request<ReadHistoryRequest>,
+    ) -> Result<Response<ReadHistoryResponse>, Status> {
         admin(&request)?;
         let req = request.into_inner();
         let limit = if req.limit == 0 { HISTORY_PAGE_MAX } else { req.limit.min(HISTORY_PAGE_MAX) };
