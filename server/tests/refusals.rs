@@ -84,14 +84,14 @@ fn bad_stacks_are_refused_with_file_line_and_reason_and_the_live_version_stays()
         tmp.path(),
         "unknown-ref",
         &[(m, "resources:\n  - type: file\n    path: /a\n    content: x\n    requires: [file:/nope]\n")],
-        &[m, ":2", "file:/nope"],
+        &[m, ":5", "file:/nope"],
     );
     refused(
         &server,
         tmp.path(),
         "dotdot",
         &[(m, "resources:\n  - type: file\n    path: /etc/../root/x\n    content: x\n")],
-        &[m, ":2", ".."],
+        &[m, ":3", ".."],
     );
     refused(
         &server,
