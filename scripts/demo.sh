@@ -29,7 +29,7 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 "$BIN/vigosrv" run --data-dir "$DEMO_DIR/server" --listen "$ADDR" --check-in-interval 10 \
-  > >(sed 's/^/[vigosrv] /') 2>&1 &
+  > >(sed -u 's/^/[vigosrv] /') 2>&1 &
 pids+=($!)
 for _ in $(seq 1 100); do
   [ -f "$DEMO_DIR/server/admin/admin.key" ] && "$BIN/vigocli" envoys list >/dev/null 2>&1 && break
@@ -51,7 +51,7 @@ echo "demo: published examples/stack as version $version"
 
 for h in "${hosts[@]}"; do
   "$BIN/envoy" run --data-dir "$DEMO_DIR/envoys/$h" --root "$DEMO_DIR/roots/$h" \
-    > >(sed "s/^/[envoy $h] /") 2>&1 &
+    > >(sed -u "s/^/[envoy $h] /") 2>&1 &
   pids+=($!)
 done
 

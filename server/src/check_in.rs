@@ -173,3 +173,18 @@ pub fn summarize(run: &RunReport) -> RunSummary {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+
+    #[test]
+    fn a_no_change_reply_is_four_bytes_of_protobuf() {
+        let reply =
+            CheckInResponse { reply: Some(Reply::NoChange(NoChange {})), next_check_in_s: 60, ..Default::default() };
+        // gRPC adds a 5-byte frame prefix: 9 bytes of message body per no-change check-in.
+        assert_eq!(reply.encoded_len(), 4);
+    }
+}
