@@ -1,0 +1,112 @@
+//! Micro-benchmarks named after what they measure. Run: `cargo bench -p vigo-benches`.
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use ed25519_dalek::{Signer, SigningKey};
+use vigo_proto::agent::CheckInRequest;
+use vigo_proto::chain::{seal, to_hash};
+use vigo_proto::events::{EnvoyEnrolled, Event, EventEnvelope, EventProposal, StackPublished, TokenCreated, event::Kind};
+use vigo_state::{ControlState, FleetIndex};
+
+fn proposal(kind: Kind, at: i64) -> EventProposal {
+    EventProposal { proposed_at_ms: at, actor: "admin:bench".into(), event: Some(Event { kind: Some(kind) }) }
+}
+
+/// A history of `n` events: one token with enough uses, then enrollments, a publish every 100.
+fn history(n: u64) -> Vec<EventEnvelope> {
+    let mut out: Vec<EventEnvelope> = Vec::with_capacity(n as usize);
+    let mut version = 0;
+    for i in 1..=n {
+        let kind = if i == 1 {
+            Kind::TokenCreated(TokenCreated { token_sha256: vec![1; 32], uses: u32::MAX, expires_at_ms: 0 })
+        } else if i % 100 == 0 {
+            version += 1;
+            Kind::StackPublished(StackPublished {
+                version,
+                archive: vec![0; 4096],
+                sha256: vec![2; 32],
+                author: "admin:bench".into(),
+                message: String::new(),
+            })
+        } else {
+            Kind::EnvoyEnrolled(EnvoyEnrolled {
+                envoy_id: format!("e-{i:016x}"),
+                hostname: format!("host-{i}.example.com"),
+                pubkey: vec![3; 32],
+                token_sha256: vec![1; 32],
+                cert_sha256: vec![4; 32],
+            })
+        };
+        let prev = out.last().map_or([0; 32], |e| to_hash(&e.hash));
+        out.push(seal(proposal(kind, i as i64), i, i + 1, prev));
+    }
+    out
+}
+
+fn signature(c: &mut Criterion) {
+    let key = SigningKey::from_bytes(&[9; 32]);
+    let mut req = CheckInRequest { envoy_id: "e-0123456789abcdef".into(), counter: 42, ..Default::default() };
+    req.traits_hash = vec![5; 32];
+    req.bundle_fingerprint = vec![6; 32];
+    let signed = vigo_proto::signing::check_in_bytes(&req);
+    let signature = key.sign(&signed);
+    let verifying = key.verifying_key();
+    c.bench_function("signature/verify", |b| {
+        b.iter(|| verifying.verify_strict(black_box(&vigo_proto::signing::check_in_bytes(&req)), &signature).unwrap())
+    });
+}
+
+fn fleet_index(c: &mut Criterion) {
+    let fleet = FleetIndex::default();
+    let ids: Vec<String> = (0..10_000).map(|i| format!("e-{i:016x}")).collect();
+    let mut counter = 0u64;
+    c.bench_function("fleet_index/mark_seen", |b| {
+        b.iter(|| {
+            counter += 1;
+            let id = &ids[(counter % ids.len() as u64) as usize];
+            fleet.accept(black_box(id), counter, 1).unwrap();
+        })
+    });
+}
+
+fn apply(c: &mut Criterion) {
+    let events = history(10_000);
+    let base = {
+        let mut state = ControlState::default();
+        for env in &events[..9_999] {
+            state.apply(env);
+        }
+        state
+    };
+    let publish = seal(
+        proposal(
+            Kind::StackPublished(StackPublished {
+                version: base.stack_version() + 1,
+                archive: vec![0; 4096],
+                sha256: vec![2; 32],
+                author: "admin:bench".into(),
+                message: String::new(),
+            }),
+            20_000,
+        ),
+        base.last_index() + 1,
+        base.last_index() + 2,
+        base.last_hash(),
+    );
+    c.bench_function("apply/stack_published", |b| {
+        b.iter_batched(|| base.clone(), |mut state| state.apply(black_box(&publish)), criterion::BatchSize::SmallInput)
+    });
+    c.bench_function("replay/10k_events", |b| {
+        b.iter(|| {
+            let mut state = ControlState::default();
+            for env in &events {
+                state.apply(env);
+            }
+            black_box(state.last_index())
+        })
+    });
+}
+
+criterion_group!(benches, signature, fleet_index, apply);
+criterion_main!(benches);
