@@ -166,7 +166,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
             replies.push(AppliedEvent { envelope });
         }
-        let Some(applied) = last_applied else { return Ok(replies) };
+        let Some(applied) = last_applied.filter(|_| !replies.is_empty()) else { return Ok(replies) };
         self.put_applied(&mut batch, &applied, &membership).map_err(|e| StorageIOError::apply(applied, &e))?;
         // Not fsynced: every entry applied here is already fsynced in `logs`, and sealing is
         // deterministic, so an apply lost to a crash is redone from the log with identical
