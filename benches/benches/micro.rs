@@ -6,7 +6,9 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use ed25519_dalek::{Signer, SigningKey};
 use vigo_proto::agent::CheckInRequest;
 use vigo_proto::chain::{seal, to_hash};
-use vigo_proto::events::{EnvoyEnrolled, Event, EventEnvelope, EventProposal, StackPublished, TokenCreated, event::Kind};
+use vigo_proto::events::{
+    EnvoyEnrolled, Event, EventEnvelope, EventProposal, StackPublished, TokenCreated, event::Kind,
+};
 use vigo_state::{ControlState, FleetIndex};
 
 fn proposal(kind: Kind, at: i64) -> EventProposal {

@@ -32,42 +32,34 @@ impl LogStore {
         Self { db }
     }
 
-    fn read_meta<T: serde::de::DeserializeOwned>(
-        &self,
-        key: &str,
-        subject: ErrorSubject<u64>,
-    ) -> Result<Option<T>, StorageError> {
+    // Helpers answer plain strings; the trait methods wrap them into openraft's (large)
+    // `StorageError` with the subject and verb openraft expects.
+    fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, String> {
         db::get(&self.db, CF_STORE, key)
-            .map_err(|e| StorageIOError::new(subject, ErrorVerb::Read, AnyError::error(e)).into())
     }
 
-    fn put_meta<T: serde::Serialize>(
-        &self,
-        key: &str,
-        value: &T,
-        subject: ErrorSubject<u64>,
-        sync: bool,
-    ) -> Result<(), StorageError> {
-        let write_err =
-            |e: &dyn std::fmt::Display| StorageIOError::new(subject.clone(), ErrorVerb::Write, AnyError::error(e));
-        let bytes = db::encode(value).map_err(|e| write_err(&e))?;
+    fn put_meta<T: serde::Serialize>(&self, key: &str, value: &T, sync: bool) -> Result<(), String> {
+        let bytes = db::encode(value).map_err(|e| format!("encode {key}: {e}"))?;
         let opts = if sync { db::synced() } else { rocksdb::WriteOptions::default() };
-        self.db.put_cf_opt(db::cf(&self.db, CF_STORE), key, bytes, &opts).map_err(|e| write_err(&e))?;
-        Ok(())
+        self.db.put_cf_opt(db::cf(&self.db, CF_STORE), key, bytes, &opts).map_err(|e| format!("write {key}: {e}"))
     }
 
     /// The last entry's log id, decoded from the newest key of `logs`.
-    fn last_log_id(&self) -> Result<Option<LogId>, StorageError> {
+    fn last_log_id(&self) -> Result<Option<LogId>, String> {
         let mut iter = self.db.iterator_cf(db::cf(&self.db, CF_LOGS), IteratorMode::End);
         match iter.next() {
             None => Ok(None),
             Some(item) => {
-                let (_, value) = item.map_err(|e| StorageIOError::read_logs(&e))?;
-                let entry: Entry = db::decode(&value).map_err(|e| StorageIOError::read_logs(&e))?;
+                let (_, value) = item.map_err(|e| format!("read the last log entry: {e}"))?;
+                let entry: Entry = db::decode(&value).map_err(|e| format!("decode the last log entry: {e}"))?;
                 Ok(Some(entry.log_id))
             }
         }
     }
+}
+
+fn io_error(subject: ErrorSubject<u64>, verb: ErrorVerb) -> impl FnOnce(String) -> StorageError {
+    move |msg| StorageIOError::new(subject, verb, AnyError::error(msg)).into()
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -105,9 +97,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last_purged_log_id: Option<LogId> = self.read_meta(KEY_LAST_PURGED, ErrorSubject::Logs)?;
+        let last_purged_log_id: Option<LogId> =
+            self.read_meta(KEY_LAST_PURGED).map_err(io_error(ErrorSubject::Logs, ErrorVerb::Read))?;
+        let last_log_id = self.last_log_id().map_err(io_error(ErrorSubject::Logs, ErrorVerb::Read))?;
         // With every entry purged, the last log id is the last purged one.
-        let last_log_id = self.last_log_id()?.or(last_purged_log_id);
+        let last_log_id = last_log_id.or(last_purged_log_id);
         Ok(LogState { last_purged_log_id, last_log_id })
     }
 
@@ -116,21 +110,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError> {
-        self.put_meta(KEY_VOTE, vote, ErrorSubject::Vote, true)
+        self.put_meta(KEY_VOTE, vote, true).map_err(io_error(ErrorSubject::Vote, ErrorVerb::Write))
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError> {
-        self.read_meta(KEY_VOTE, ErrorSubject::Vote)
+        self.read_meta(KEY_VOTE).map_err(io_error(ErrorSubject::Vote, ErrorVerb::Read))
     }
 
     // Not fsynced: openraft only uses it to re-apply committed entries sooner after a restart;
     // losing it costs a wait for the leader, never correctness.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.put_meta(KEY_COMMITTED, &committed, ErrorSubject::Store, false)
+        self.put_meta(KEY_COMMITTED, &committed, false).map_err(io_error(ErrorSubject::Store, ErrorVerb::Write))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.read_meta::<Option<LogId>>(KEY_COMMITTED, ErrorSubject::Store)?.flatten())
+        let committed =
+            self.read_meta::<Option<LogId>>(KEY_COMMITTED).map_err(io_error(ErrorSubject::Store, ErrorVerb::Read))?;
+        Ok(committed.flatten())
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>

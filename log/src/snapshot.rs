@@ -11,7 +11,7 @@
 use std::io::Cursor;
 use std::sync::Arc;
 
-use openraft::{AnyError, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, Snapshot, StorageIOError};
+use openraft::{AnyError, RaftSnapshotBuilder, Snapshot, StorageIOError};
 use prost::Message;
 use rocksdb::{DB, WriteBatch};
 use serde::{Deserialize, Serialize};
@@ -119,9 +119,8 @@ pub(crate) fn decode_history(mut data: &[u8]) -> Result<DecodedHistory<'_>, LogE
 }
 
 /// The recorded current snapshot, if one was built or installed.
-pub(crate) fn read_record(db: &DB) -> Result<Option<SnapshotRecord>, StorageError> {
-    db::get(db, CF_SM, KEY_SNAPSHOT)
-        .map_err(|e| StorageIOError::new(ErrorSubject::Snapshot(None), ErrorVerb::Read, AnyError::error(e)).into())
+pub(crate) fn read_record(db: &DB) -> Result<Option<SnapshotRecord>, LogError> {
+    db::get(db, CF_SM, KEY_SNAPSHOT).map_err(LogError::Storage)
 }
 
 /// Adds `record` as the current snapshot to `batch`.
@@ -131,10 +130,9 @@ pub(crate) fn put_record(db: &DB, batch: &mut WriteBatch, record: &SnapshotRecor
 }
 
 /// The current snapshot with its bytes regenerated from the archive.
-pub(crate) fn current(db: &DB, history: &History) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+pub(crate) fn current(db: &DB, history: &History) -> Result<Option<Snapshot<TypeConfig>>, LogError> {
     let Some(record) = read_record(db)? else { return Ok(None) };
-    let data = encode_history(history, record.last_event_index, &record.last_event_hash)
-        .map_err(|e| StorageIOError::read_snapshot(Some(record.meta.signature()), &e))?;
+    let data = encode_history(history, record.last_event_index, &record.last_event_hash)?;
     Ok(Some(Snapshot { meta: record.meta, snapshot: Box::new(Cursor::new(data)) }))
 }
 

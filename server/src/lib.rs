@@ -9,6 +9,7 @@
 pub mod bundles;
 pub mod check_in;
 pub mod error;
+pub mod http;
 pub mod limits;
 pub mod node;
 pub mod pki;
@@ -35,6 +36,8 @@ pub struct RunConfig {
     pub listen: SocketAddr,
     /// Seconds between check-ins.
     pub check_in_interval_s: u32,
+    /// HTTP status listener address, if any.
+    pub http: Option<SocketAddr>,
 }
 
 /// Runs the server until `shutdown` resolves.
@@ -69,6 +72,14 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 
         .client_auth_optional(true);
     let max = limits::GRPC_MESSAGE_BYTES_MAX;
     println!("vigosrv listening on {listen}");
+    let _http = match config.http {
+        Some(addr) => {
+            let http = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+            println!("vigosrv http on {}", http.local_addr()?);
+            Some(AbortOnDrop(tokio::spawn(http::serve(http, node.clone()))))
+        }
+        None => None,
+    };
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     Server::builder()
         .tls_config(tls)?
@@ -88,4 +99,13 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 
     tracing::info!("shutting down");
     node.log.shutdown().await.context("log shutdown")?;
     Ok(())
+}
+
+/// Aborts a background task when dropped, so it ends with the server.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

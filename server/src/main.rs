@@ -22,7 +22,7 @@ enum Command {
         /// gRPC address for envoys and vigocli.
         #[arg(long, default_value = "127.0.0.1:1530")]
         listen: SocketAddr,
-        /// HTTP address for status pages (reserved; metrics arrive with the benchmarks work).
+        /// HTTP address serving `/healthz` and `/status`.
         #[arg(long)]
         http: Option<SocketAddr>,
         /// Seconds between check-ins envoys are asked to keep.
@@ -41,10 +41,10 @@ fn main() {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { data_dir, listen, http: _, check_in_interval } => {
+        Command::Run { data_dir, listen, http, check_in_interval } => {
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
             runtime.block_on(vigo_server::run(
-                vigo_server::RunConfig { data_dir, listen, check_in_interval_s: check_in_interval },
+                vigo_server::RunConfig { data_dir, listen, check_in_interval_s: check_in_interval, http },
                 shutdown_signal(),
             ))
         }

@@ -22,16 +22,24 @@ pub fn bin(name: &str) -> PathBuf {
 pub struct Server {
     pub data_dir: PathBuf,
     pub addr: String,
+    /// Address of the HTTP status listener, when started with `--http`.
+    pub http: Option<String>,
     child: Child,
 }
 
 impl Server {
     /// Starts a server on `listen` ("127.0.0.1:0" for any port) and waits until it listens.
     pub fn start(data_dir: &Path, listen: &str) -> Server {
+        Self::start_with(data_dir, listen, &[])
+    }
+
+    /// Starts a server with extra flags; with `--http`, also waits for the HTTP listener.
+    pub fn start_with(data_dir: &Path, listen: &str, extra: &[&str]) -> Server {
         let mut child = Command::new(bin("vigosrv"))
             .args(["run", "--data-dir"])
             .arg(data_dir)
             .args(["--listen", listen, "--check-in-interval", "5"])
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -42,18 +50,26 @@ impl Server {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(addr) = line.strip_prefix("vigosrv listening on ") {
-                    let _ = tx.send(addr.trim().to_string());
+                    let _ = tx.send(("grpc", addr.trim().to_string()));
+                }
+                if let Some(addr) = line.strip_prefix("vigosrv http on ") {
+                    let _ = tx.send(("http", addr.trim().to_string()));
                 }
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("vigosrv did not start listening within 60 s");
+        let wants_http = extra.contains(&"--http");
+        let (mut addr, mut http) = (None, None);
+        while addr.is_none() || (wants_http && http.is_none()) {
+            match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(("grpc", a)) => addr = Some(a),
+                Ok((_, a)) => http = Some(a),
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("vigosrv did not start listening within 60 s");
+                }
             }
-        };
-        Server { data_dir: data_dir.to_path_buf(), addr, child }
+        }
+        Server { data_dir: data_dir.to_path_buf(), addr: addr.expect("grpc address"), http, child }
     }
 
     /// Admin credentials folder.

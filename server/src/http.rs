@@ -1,0 +1,72 @@
+//! The HTTP listener (`--http`): `/healthz` for load balancers and `/status` (JSON) for
+//! operators. Plain HTTP/1.1, one request per connection, read-only: it reads the control
+//! snapshot and counts, and never touches the log. Metrics join it with the benchmarks work.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::node::Node;
+
+/// Largest request head read; status requests are a single line.
+const REQUEST_BYTES_MAX: usize = 8 * 1024;
+/// A client that sends nothing for this long is dropped.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves until the task is dropped.
+pub async fn serve(listener: TcpListener, node: Arc<Node>) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else { continue };
+        let node = node.clone();
+        tokio::spawn(async move {
+            let Ok(Some(head)) = tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream)).await else { return };
+            let (status, content_type, body) = respond(&node, head.lines().next().unwrap_or_default());
+            let response = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+        });
+    }
+}
+
+/// Reads until the end of the request head (a blank line), within the size limit.
+async fn read_head(stream: &mut tokio::net::TcpStream) -> Option<String> {
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 || buf.len() + n > REQUEST_BYTES_MAX {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Some(String::from_utf8_lossy(&buf).into_owned())
+}
+
+fn respond(node: &Node, request_line: &str) -> (&'static str, &'static str, String) {
+    let mut parts = request_line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    if method != "GET" {
+        return ("405 Method Not Allowed", "text/plain", "only GET is served\n".into());
+    }
+    match path {
+        "/healthz" => ("200 OK", "text/plain", "ok\n".into()),
+        "/status" => {
+            let control = node.control();
+            let body = json!({
+                "listen": node.settings.listen,
+                "events": control.last_index(),
+                "envoys": control.n_envoys(),
+                "envoys_seen": node.fleet.len(),
+                "stack_version": control.stack_version(),
+                "distinct_bundles": node.bundles.n_distinct(),
+            });
+            ("200 OK", "application/json", format!("{body}\n"))
+        }
+        _ => ("404 Not Found", "text/plain", "not found: try /healthz or /status\n".into()),
+    }
+}
