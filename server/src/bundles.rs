@@ -84,13 +84,14 @@ impl BundleCache {
         Ok(stack)
     }
 
-    /// The signed bundle for an envoy, compiling and signing it on first use.
+    /// The signed bundle for an envoy, compiling and signing it on first use. The traits JSON
+    /// is parsed only on a miss: a hit costs one hash-map lookup.
     pub fn bundle_for(
         &self,
         live: &LiveStack,
         hostname: &str,
         traits_hash: &[u8],
-        traits: &serde_json::Value,
+        traits_json: &str,
     ) -> Result<Arc<SignedBundle>, BundleError> {
         let key = (hostname.to_string(), traits_hash.to_vec());
         {
@@ -102,7 +103,12 @@ impl BundleCache {
             }
         }
         let stack = self.stack(live)?;
-        let bundle = stack.compile(live.version, hostname, traits).map_err(|e| BundleError::Compile {
+        let traits: serde_json::Value = serde_json::from_str(traits_json).map_err(|e| BundleError::Compile {
+            version: live.version,
+            hostname: hostname.to_string(),
+            reason: format!("traits are not valid JSON: {e}"),
+        })?;
+        let bundle = stack.compile(live.version, hostname, &traits).map_err(|e| BundleError::Compile {
             version: live.version,
             hostname: hostname.to_string(),
             reason: one_line(&e.to_string()),

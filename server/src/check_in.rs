@@ -103,6 +103,10 @@ pub fn check_in(
         if Sha256::digest(req.traits_json.as_bytes()).as_slice() != req.traits_hash.as_slice() {
             return Err(Refusal::Malformed("traits do not match their hash"));
         }
+        // Checked once, when sent (rarely), so later check-ins can trust what is stored.
+        if serde_json::from_str::<serde::de::IgnoredAny>(&req.traits_json).is_err() {
+            return Err(Refusal::Malformed("traits are not valid JSON"));
+        }
         Some(Arc::<str>::from(req.traits_json.as_str()))
     };
     let traits_json = match sent_traits.clone() {
@@ -123,9 +127,7 @@ pub fn check_in(
         response.reply = Some(Reply::NoChange(NoChange {}));
         return Ok(response);
     };
-    let traits: serde_json::Value =
-        serde_json::from_str(&traits_json).map_err(|_| Refusal::Malformed("traits are not valid JSON"))?;
-    let bundle = ctx.bundles.bundle_for(live, &envoy.hostname, &req.traits_hash, &traits)?;
+    let bundle = ctx.bundles.bundle_for(live, &envoy.hostname, &req.traits_hash, &traits_json)?;
     response.reply = Some(if bundle.fingerprint == req.bundle_fingerprint {
         Reply::NoChange(NoChange {})
     } else {
