@@ -105,7 +105,13 @@ fn bad_stacks_are_refused_with_file_line_and_reason_and_the_live_version_stays()
     let audit = server.cli_json(&["audit", "log"]);
     let publishes = audit["events"].as_array().unwrap().iter().filter(|e| e["event"] == "StackPublished").count();
     assert_eq!(publishes, 1);
+    // Publishing the live stack again is a no-op; a changed stack becomes version 2.
+    assert_eq!(server.cli_ok(&["config", "publish", good.to_str().unwrap()]), "1");
+    write_stack(&good, &[("modules/m/files/motd.j2", "managed by {{ who }}, v2\n")]);
     assert_eq!(server.cli_ok(&["config", "publish", good.to_str().unwrap()]), "2");
+    let audit = server.cli_json(&["audit", "log"]);
+    let publishes = audit["events"].as_array().unwrap().iter().filter(|e| e["event"] == "StackPublished").count();
+    assert_eq!(publishes, 2, "the identical publish appended no event");
 }
 
 #[test]
