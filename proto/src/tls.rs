@@ -4,6 +4,7 @@
 //! on, so clients verify the cluster CA's signature and that one name — addresses can change
 //! (failover, NAT, loopback in tests) without reissuing certificates.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -179,6 +180,17 @@ impl rustls::client::danger::ServerCertVerifier for AnyServer {
 ///
 /// The connection is made eagerly so an unreachable server fails here, within `timeout`.
 pub async fn connect(addr: &str, config: Arc<rustls::ClientConfig>, timeout: Duration) -> Result<Channel, TlsError> {
+    connect_from(addr, None, config, timeout).await
+}
+
+/// [`connect`], with the local end bound to `source` when given: a load generator spreads its
+/// connections over several loopback addresses so the ephemeral ports of one never run out.
+pub async fn connect_from(
+    addr: &str,
+    source: Option<IpAddr>,
+    config: Arc<rustls::ClientConfig>,
+    timeout: Duration,
+) -> Result<Channel, TlsError> {
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|_| TlsError::Address(addr.to_string()))?
         .connect_timeout(timeout)
@@ -188,7 +200,19 @@ pub async fn connect(addr: &str, config: Arc<rustls::ClientConfig>, timeout: Dur
         let config = config.clone();
         async move {
             let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
-            let tcp = tokio::net::TcpStream::connect(&authority).await?;
+            let tcp = match source {
+                None => tokio::net::TcpStream::connect(&authority).await?,
+                Some(ip) => {
+                    let remote = tokio::net::lookup_host(&authority)
+                        .await?
+                        .find(|a| a.is_ipv4() == ip.is_ipv4())
+                        .ok_or_else(|| std::io::Error::other(format!("{authority} has no address like {ip}")))?;
+                    let socket =
+                        if ip.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+                    socket.bind(SocketAddr::new(ip, 0))?;
+                    socket.connect(remote).await?
+                }
+            };
             tcp.set_nodelay(true)?;
             let name = ServerName::try_from(SERVER_NAME).expect("static name is valid");
             let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;

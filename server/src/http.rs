@@ -1,6 +1,10 @@
-//! The HTTP listener (`--http`): `/healthz` for load balancers and `/status` (JSON) for
-//! operators. Plain HTTP/1.1, one request per connection, read-only: it reads the control
-//! snapshot and counts, and never touches the log. Metrics join it with the benchmarks work.
+//! The HTTP listener (`--http`): `/healthz` for load balancers, `/status` (JSON) for
+//! operators and `/metrics` (Prometheus text format 0.0.4) for scrapers. Plain HTTP/1.1, one
+//! request per connection, read-only: it reads the control snapshot, the fleet index and the
+//! counters in `metrics.rs`, and never touches the log.
+//!
+//! A scrape counts the envoys online by scanning the fleet index (one shard lock at a time):
+//! fleet-sized work, which is why it happens here, per scrape, and not per check-in (I-3).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,12 +13,16 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::node::Node;
+use crate::metrics::{self, render_gauge};
+use crate::node::{Node, now_ms};
 
 /// Largest request head read; status requests are a single line.
 const REQUEST_BYTES_MAX: usize = 8 * 1024;
 /// A client that sends nothing for this long is dropped.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// An envoy is online when its last accepted request is at most this many check-in
+/// intervals old: one missed check-in (plus jitter) is not yet an outage.
+const ONLINE_INTERVALS: i64 = 3;
 
 /// Serves until the task is dropped.
 pub async fn serve(listener: TcpListener, node: Arc<Node>) {
@@ -67,6 +75,32 @@ fn respond(node: &Node, request_line: &str) -> (&'static str, &'static str, Stri
             });
             ("200 OK", "application/json", format!("{body}\n"))
         }
-        _ => ("404 Not Found", "text/plain", "not found: try /healthz or /status\n".into()),
+        "/metrics" => ("200 OK", metrics::CONTENT_TYPE, metrics_page(node, now_ms())),
+        _ => ("404 Not Found", "text/plain", "not found: try /healthz, /status or /metrics\n".into()),
     }
+}
+
+/// The `/metrics` page: the counters and histograms, the gauges computed now, the process.
+fn metrics_page(node: &Node, now_ms: i64) -> String {
+    let control = node.control();
+    let window_ms = ONLINE_INTERVALS * i64::from(node.settings.check_in_interval_s) * 1000;
+    let mut out = String::with_capacity(8 * 1024);
+    node.metrics.render(&mut out);
+    render_gauge(&mut out, "vigo_envoys_known", "Envoys enrolled, revoked ones included.", control.n_envoys());
+    render_gauge(
+        &mut out,
+        "vigo_envoys_online",
+        "Envoys whose last accepted request is within 3 check-in intervals.",
+        node.fleet.count_seen_since(now_ms - window_ms),
+    );
+    render_gauge(&mut out, "vigo_events", "Index of the last applied event.", control.last_index());
+    render_gauge(
+        &mut out,
+        "vigo_stack_version",
+        "Version of the live stack; 0 before the first publish.",
+        control.stack_version(),
+    );
+    render_gauge(&mut out, "vigo_bundles_distinct", "Distinct bundles in the bundle cache.", node.bundles.n_distinct());
+    metrics::render_process(&mut out);
+    out
 }

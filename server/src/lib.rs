@@ -2,7 +2,8 @@
 //!
 //! Start reading at `check_in.rs` (the hot path, invariant I-3), then `node.rs` (the control
 //! write path), `services/` (gRPC), `stack/` (the stack compiler), `bundles.rs` (the bundle
-//! cache) and `pki.rs` (the cluster CA and keys).
+//! cache), `pki.rs` (the cluster CA and keys) and `metrics.rs` (counters and histograms for
+//! `/metrics`).
 
 #![deny(missing_docs)]
 
@@ -11,6 +12,7 @@ pub mod check_in;
 pub mod error;
 pub mod http;
 pub mod limits;
+pub mod metrics;
 pub mod node;
 pub mod pki;
 pub mod services;

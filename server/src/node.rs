@@ -7,7 +7,7 @@
 //! never the check-in path.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use vigo_log::{LogError, LogNode};
 use vigo_proto::events::{Event, EventEnvelope, EventProposal, event::Kind};
@@ -15,6 +15,7 @@ use vigo_state::{ControlError, ControlState, FleetIndex};
 
 use crate::bundles::BundleCache;
 use crate::check_in::CheckInContext;
+use crate::metrics::{LogCommitOutcome, Metrics};
 use crate::pki::Pki;
 
 /// Settings of a running server.
@@ -49,6 +50,8 @@ pub struct Node {
     pub pki: Pki,
     /// Settings.
     pub settings: Settings,
+    /// Counters and histograms, served at `/metrics`.
+    pub metrics: Metrics,
     write_lock: tokio::sync::Mutex<()>,
 }
 
@@ -61,7 +64,15 @@ impl Node {
     /// Assembles a node.
     pub fn new(log: LogNode, pki: Pki, settings: Settings) -> Arc<Self> {
         let bundles = BundleCache::new(pki.bundle_key.clone());
-        Arc::new(Self { log, fleet: FleetIndex::default(), bundles, pki, settings, write_lock: Default::default() })
+        Arc::new(Self {
+            log,
+            fleet: FleetIndex::default(),
+            bundles,
+            pki,
+            settings,
+            metrics: Metrics::default(),
+            write_lock: Default::default(),
+        })
     }
 
     /// The control snapshot as of the last applied event.
@@ -84,18 +95,37 @@ impl Node {
     /// Validates `make(state)`'s event and commits it; answers after the commit.
     ///
     /// `make` sees the state under the write lock, so it can derive the event from it
-    /// (the next stack version, for instance).
+    /// (the next stack version, for instance). Counted in `metrics` by outcome; the time the
+    /// log takes to commit is observed, the wait for the write lock is not.
     pub async fn commit(
         &self,
         actor: &str,
         make: impl FnOnce(&ControlState) -> Result<Kind, ControlError>,
     ) -> Result<EventEnvelope, WriteError> {
         let _guard = self.write_lock.lock().await;
-        let state = self.control();
-        let event = Event { kind: Some(make(&state)?) };
-        let proposed_at_ms = now_ms();
-        state.validate(&event, proposed_at_ms)?;
-        let proposal = EventProposal { proposed_at_ms, actor: actor.to_string(), event: Some(event) };
-        Ok(self.log.propose(proposal).await?)
+        let proposal = match prepare(&self.control(), actor, make) {
+            Ok(proposal) => proposal,
+            Err(refusal) => {
+                self.metrics.record_log_commit(LogCommitOutcome::Refused, None);
+                return Err(refusal.into());
+            }
+        };
+        let started = Instant::now();
+        let committed = self.log.propose(proposal).await;
+        let outcome = if committed.is_ok() { LogCommitOutcome::Committed } else { LogCommitOutcome::Failed };
+        self.metrics.record_log_commit(outcome, Some(started.elapsed()));
+        Ok(committed?)
     }
+}
+
+/// Makes the event from `state`, stamps it with the time and validates it (I-1).
+fn prepare(
+    state: &ControlState,
+    actor: &str,
+    make: impl FnOnce(&ControlState) -> Result<Kind, ControlError>,
+) -> Result<EventProposal, ControlError> {
+    let event = Event { kind: Some(make(state)?) };
+    let proposed_at_ms = now_ms();
+    state.validate(&event, proposed_at_ms)?;
+    Ok(EventProposal { proposed_at_ms, actor: actor.to_string(), event: Some(event) })
 }

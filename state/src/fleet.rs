@@ -134,6 +134,19 @@ impl FleetIndex {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Number of envoys whose last accepted request was at or after `cutoff_ms`.
+    ///
+    /// Scans the whole fleet, one shard lock at a time: for a metrics scrape or an operator,
+    /// never for the check-in path (I-3).
+    pub fn count_seen_since(&self, cutoff_ms: i64) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                s.lock().unwrap_or_else(|p| p.into_inner()).values().filter(|o| o.last_seen_ms >= cutoff_ms).count()
+            })
+            .sum()
+    }
 }
 
 #[cfg(test)]
@@ -159,6 +172,24 @@ mod tests {
         fleet.record_check_in("e1", b"fp", b"h1", Some(Arc::from("{\"a\":1}")));
         assert_eq!(fleet.traits_if_current("e1", b"h1").as_deref(), Some("{\"a\":1}"));
         assert_eq!(fleet.traits_if_current("e1", b"h2"), None);
+    }
+
+    #[test]
+    fn count_seen_since_counts_envoys_seen_at_or_after_the_cutoff() {
+        let fleet = FleetIndex::default();
+        assert_eq!(fleet.count_seen_since(0), 0);
+        fleet.accept("e1", 1, 1_000).unwrap();
+        fleet.accept("e2", 1, 2_000).unwrap();
+        fleet.accept("e3", 1, 3_000).unwrap();
+        assert_eq!(fleet.count_seen_since(0), 3);
+        assert_eq!(fleet.count_seen_since(2_000), 2, "the cutoff itself counts");
+        assert_eq!(fleet.count_seen_since(3_001), 0);
+        // A later check-in moves an envoy back inside the window.
+        fleet.accept("e1", 2, 5_000).unwrap();
+        assert_eq!(fleet.count_seen_since(3_001), 1);
+        // A refused (replayed) request does not.
+        assert!(fleet.accept("e2", 1, 6_000).is_err());
+        assert_eq!(fleet.count_seen_since(3_001), 1);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The agent service: CA fetch, enrollment, check-in and results reports.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use ed25519_dalek::{Signature, VerifyingKey};
 use sha2::{Digest, Sha256};
@@ -15,6 +16,7 @@ use vigo_proto::events::event::Kind;
 use vigo_proto::token::Token;
 
 use crate::limits::HOSTNAME_BYTES_MAX;
+use crate::metrics::{CheckInOutcome, ReportOutcome};
 use crate::node::{Node, now_ms};
 use crate::services::peer_cert_sha256;
 
@@ -93,14 +95,20 @@ impl Agent for AgentService {
     async fn check_in(&self, request: Request<CheckInRequest>) -> Result<Response<CheckInResponse>, Status> {
         let peer = peer_cert_sha256(&request);
         let req = request.into_inner();
-        let response = self.node.with_check_in(|ctx| crate::check_in::check_in(ctx, peer, &req, now_ms()))?;
-        Ok(Response::new(response))
+        // Two clock reads and two atomic adds: nothing that waits or grows with the fleet (I-3).
+        let started = Instant::now();
+        let answered = self.node.with_check_in(|ctx| crate::check_in::check_in(ctx, peer, &req, now_ms()));
+        self.node.metrics.record_check_in(CheckInOutcome::of(&answered), started.elapsed());
+        Ok(Response::new(answered?))
     }
 
     async fn report_results(&self, request: Request<ReportRequest>) -> Result<Response<ReportResponse>, Status> {
         let peer = peer_cert_sha256(&request);
         let req = request.into_inner();
-        let accepted = self.node.with_check_in(|ctx| crate::check_in::report(ctx, peer, &req, now_ms()))?;
+        let answered = self.node.with_check_in(|ctx| crate::check_in::report(ctx, peer, &req, now_ms()));
+        let outcome = if answered.is_ok() { ReportOutcome::Accepted } else { ReportOutcome::Refused };
+        self.node.metrics.record_report(outcome);
+        let accepted = answered?;
         Ok(Response::new(ReportResponse { accepted }))
     }
 }

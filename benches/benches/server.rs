@@ -1,0 +1,151 @@
+//! Benchmarks of vigosrv's check-in handler and stack compiler, in process: what one check-in
+//! costs the server past TLS and HTTP/2 (those are in fakefleet's end-to-end figures).
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::path::Path;
+
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use ed25519_dalek::{Signer, SigningKey};
+use sha2::{Digest, Sha256};
+use vigo_proto::agent::CheckInRequest;
+use vigo_proto::agent::check_in_response::Reply;
+use vigo_proto::chain::seal;
+use vigo_proto::events::{EnvoyEnrolled, Event, EventProposal, StackPublished, TokenCreated, event::Kind};
+use vigo_server::bundles::BundleCache;
+use vigo_server::check_in::{CheckInContext, check_in};
+use vigo_server::stack::Stack;
+use vigo_state::{ControlState, FleetIndex};
+
+const STACK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/stack");
+const CERT_SHA256: [u8; 32] = [4; 32];
+
+/// The example stack's files, as `vigocli config publish` would pack them.
+fn stack_files() -> BTreeMap<String, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else {
+                let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                out.insert(rel, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(Path::new(STACK), Path::new(STACK), &mut out);
+    out
+}
+
+fn archive(files: &BTreeMap<String, Vec<u8>>) -> Vec<u8> {
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default()));
+    for (path, data) in files {
+        let mut header = tar::Header::new_ustar();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        tar.append_data(&mut header, path, data.as_slice()).unwrap();
+    }
+    tar.into_inner().unwrap().finish().unwrap()
+}
+
+/// A control state with one token, one enrolled envoy and the example stack published.
+fn control(envoy_key: &SigningKey) -> ControlState {
+    let archive = archive(&stack_files());
+    let kinds = [
+        Kind::TokenCreated(TokenCreated { token_sha256: vec![1; 32], uses: 1, expires_at_ms: 0 }),
+        Kind::EnvoyEnrolled(EnvoyEnrolled {
+            envoy_id: "e-0000000000000001".into(),
+            hostname: "web-1.example.com".into(),
+            pubkey: envoy_key.verifying_key().to_bytes().to_vec(),
+            token_sha256: vec![1; 32],
+            cert_sha256: CERT_SHA256.to_vec(),
+        }),
+        Kind::StackPublished(StackPublished {
+            version: 1,
+            sha256: Sha256::digest(&archive).to_vec(),
+            archive,
+            author: "admin:bench".into(),
+            message: String::new(),
+        }),
+    ];
+    let mut state = ControlState::default();
+    for kind in kinds {
+        let proposal =
+            EventProposal { proposed_at_ms: 1, actor: "admin:bench".into(), event: Some(Event { kind: Some(kind) }) };
+        let envelope = seal(proposal, state.last_index() + 1, state.last_index() + 2, state.last_hash());
+        state.apply(&envelope);
+    }
+    state
+}
+
+fn signed(key: &SigningKey, counter: u64, traits: &str, fingerprint: &[u8]) -> CheckInRequest {
+    let mut req = CheckInRequest {
+        envoy_id: "e-0000000000000001".into(),
+        counter,
+        traits_hash: Sha256::digest(traits.as_bytes()).to_vec(),
+        bundle_fingerprint: fingerprint.to_vec(),
+        ..Default::default()
+    };
+    req.signature = key.sign(&vigo_proto::signing::check_in_bytes(&req)).to_bytes().to_vec();
+    req
+}
+
+fn check_ins(c: &mut Criterion) {
+    let envoy_key = SigningKey::from_bytes(&[9; 32]);
+    let control = control(&envoy_key);
+    let fleet = FleetIndex::default();
+    let bundles = BundleCache::new(SigningKey::from_bytes(&[7; 32]));
+    let ctx = CheckInContext { control: &control, fleet: &fleet, bundles: &bundles, check_in_interval_s: 60 };
+    let traits = r#"{"hostname":"web-1.example.com","os":{"family":"debian"}}"#;
+    let peer = Some(CERT_SHA256);
+
+    // The first check-in sends traits and gets the bundle; keep its fingerprint.
+    let mut first = signed(&envoy_key, 1, traits, &[]);
+    first.traits_json = traits.to_string();
+    first.signature = envoy_key.sign(&vigo_proto::signing::check_in_bytes(&first)).to_bytes().to_vec();
+    let Some(Reply::Bundle(bundle)) = check_in(&ctx, peer, &first, 1).unwrap().reply else { panic!("no bundle") };
+    let mut counter = 1;
+
+    c.bench_function("check_in/no_change", |b| {
+        b.iter_batched(
+            || {
+                counter += 1;
+                signed(&envoy_key, counter, traits, &bundle.fingerprint)
+            },
+            |req| {
+                let reply = check_in(&ctx, peer, black_box(&req), 2).unwrap();
+                assert!(matches!(reply.reply, Some(Reply::NoChange(_))));
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    c.bench_function("check_in/new_bundle", |b| {
+        b.iter_batched(
+            || {
+                counter += 1;
+                signed(&envoy_key, counter, traits, &[])
+            },
+            |req| {
+                let reply = check_in(&ctx, peer, black_box(&req), 2).unwrap();
+                assert!(matches!(reply.reply, Some(Reply::Bundle(_))));
+            },
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+fn compile(c: &mut Criterion) {
+    let archive = archive(&stack_files());
+    let traits: serde_json::Value = serde_json::json!({ "hostname": "web-1.example.com" });
+    c.bench_function("compile/stack", |b| {
+        b.iter(|| {
+            let stack = Stack::from_archive(black_box(&archive)).unwrap();
+            black_box(stack.compile(1, "web-1.example.com", &traits).unwrap())
+        })
+    });
+}
+
+criterion_group!(benches, check_ins, compile);
+criterion_main!(benches);

@@ -1,0 +1,211 @@
+//! Synthetic envoys: enrolled through the real path (real keys, certificates issued by the
+//! cluster CA, mTLS), checking in with signed requests like `envoy` does, without converging.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use prost::Message;
+use rand::RngCore;
+use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
+use sha2::{Digest, Sha256};
+use tonic::transport::Channel;
+use vigo_proto::agent::agent_client::AgentClient;
+use vigo_proto::agent::check_in_response::Reply;
+use vigo_proto::agent::{CheckInRequest, EnrollRequest, GetCaRequest};
+use vigo_proto::bundle::{Bundle, SignedBundle};
+use vigo_proto::tls::{ca_fetch_config, client_config, connect, connect_from, ed25519_pkcs8};
+use vigo_proto::token::Token;
+
+use crate::inventory;
+
+/// How long one call may take before it counts as an error.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The cluster as seen by enrollment: its CA, checked against the token's pin.
+#[derive(Clone)]
+pub struct Cluster {
+    /// Server address.
+    pub server: String,
+    /// The cluster CA.
+    pub ca: CertificateDer<'static>,
+    /// The key bundles are signed with (from the first enrollment).
+    pub bundle_key: Option<VerifyingKey>,
+}
+
+impl Cluster {
+    /// Fetches the CA and trusts it only if `token` pins it, as `envoy enroll` does.
+    pub async fn discover(server: &str, token: &str) -> anyhow::Result<Self> {
+        let token = Token::parse(token)?;
+        let channel = connect(server, ca_fetch_config()?, CALL_TIMEOUT).await?;
+        let ca_der = AgentClient::new(channel).get_ca(GetCaRequest {}).await?.into_inner().ca_cert_der;
+        if Sha256::digest(&ca_der).as_slice() != token.ca_pin {
+            bail!("server {server} presented a CA that does not match the token");
+        }
+        Ok(Self { server: server.to_string(), ca: CertificateDer::from(ca_der), bundle_key: None })
+    }
+
+    /// A channel for enrollments (server-authenticated TLS, no client certificate).
+    pub async fn enroll_channel(&self) -> anyhow::Result<Channel> {
+        Ok(connect(&self.server, client_config(&self.ca, None)?, CALL_TIMEOUT).await?)
+    }
+}
+
+/// What a check-in came back with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing changed.
+    NoChange,
+    /// A new bundle of this stack version, signature verified.
+    Bundle(u64),
+    /// Told to back off for this many seconds.
+    Backoff(u32),
+}
+
+/// One synthetic envoy.
+pub struct FakeEnvoy {
+    /// Position in the fleet; seeds the inventory.
+    pub index: u32,
+    /// Id the server assigned.
+    pub envoy_id: String,
+    /// Hostname it enrolled with.
+    pub hostname: String,
+    key: SigningKey,
+    tls: Arc<rustls::ClientConfig>,
+    counter: u64,
+    fingerprint: Vec<u8>,
+    traits_hash: [u8; 32],
+    /// Stack version of the bundle it holds (0: none yet).
+    pub stack_version: u64,
+    /// Local address its connections leave from.
+    pub source: Option<IpAddr>,
+    channel: Option<AgentClient<Channel>>,
+}
+
+impl FakeEnvoy {
+    /// Enrolls envoy `index` over `channel` with `token`.
+    pub async fn enroll(
+        cluster: &Cluster,
+        channel: Channel,
+        token: &str,
+        index: u32,
+        source: Option<IpAddr>,
+    ) -> anyhow::Result<(Self, VerifyingKey)> {
+        let hostname = format!("fleet-{index}");
+        let mut seed = [0u8; 32];
+        rand::rng().fill_bytes(&mut seed);
+        let key = SigningKey::from_bytes(&seed);
+        let pubkey = key.verifying_key().to_bytes();
+        let proof = key.sign(&vigo_proto::signing::enroll_bytes(token, &hostname, &pubkey));
+        let response = AgentClient::new(channel)
+            .enroll(EnrollRequest {
+                token: token.to_string(),
+                hostname: hostname.clone(),
+                pubkey: pubkey.to_vec(),
+                proof: proof.to_bytes().to_vec(),
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("enrollment of {hostname} refused: {}", s.message()))?
+            .into_inner();
+        let bundle_key = VerifyingKey::from_bytes(
+            response.bundle_pubkey.as_slice().try_into().context("bundle key is not 32 bytes")?,
+        )?;
+        let identity = (vec![CertificateDer::from(response.cert_der)], PrivatePkcs8KeyDer::from(ed25519_pkcs8(&seed)));
+        let tls = client_config(&cluster.ca, Some(identity))?;
+        let (_, traits_hash) = inventory::for_host(index, &hostname);
+        let envoy = Self {
+            index,
+            envoy_id: response.envoy_id,
+            hostname,
+            key,
+            tls,
+            counter: 0,
+            fingerprint: Vec::new(),
+            traits_hash,
+            stack_version: 0,
+            source,
+            channel: None,
+        };
+        Ok((envoy, bundle_key))
+    }
+
+    /// Drops the held connection, if any.
+    pub fn disconnect(&mut self) {
+        self.channel = None;
+    }
+
+    async fn client(&mut self, server: &str) -> anyhow::Result<AgentClient<Channel>> {
+        if let Some(client) = &self.channel {
+            return Ok(client.clone());
+        }
+        let channel = connect_from(server, self.source, self.tls.clone(), CALL_TIMEOUT).await?;
+        let client = AgentClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
+        self.channel = Some(client.clone());
+        Ok(client)
+    }
+
+    /// One check-in, sending the inventory when the server asks for it. With `hold`, the
+    /// connection stays open for the next one; without, it is closed after the answer.
+    pub async fn check_in(&mut self, server: &str, bundle_key: &VerifyingKey, hold: bool) -> anyhow::Result<Outcome> {
+        let mut client = self.client(server).await?;
+        let mut traits_json = String::new();
+        let outcome = loop {
+            self.counter += 1;
+            let mut req = CheckInRequest {
+                envoy_id: self.envoy_id.clone(),
+                counter: self.counter,
+                traits_hash: self.traits_hash.to_vec(),
+                bundle_fingerprint: self.fingerprint.clone(),
+                signature: Vec::new(),
+                traits_json: std::mem::take(&mut traits_json),
+            };
+            req.signature = self.key.sign(&vigo_proto::signing::check_in_bytes(&req)).to_bytes().to_vec();
+            let sent_traits = !req.traits_json.is_empty();
+            let response = match tokio::time::timeout(CALL_TIMEOUT, client.check_in(req)).await {
+                Ok(Ok(r)) => r.into_inner(),
+                Ok(Err(status)) => {
+                    self.channel = None;
+                    bail!("{:?}: {}", status.code(), status.message())
+                }
+                Err(_) => {
+                    self.channel = None;
+                    bail!("check-in timed out after {CALL_TIMEOUT:?}")
+                }
+            };
+            if response.send_traits {
+                if sent_traits {
+                    bail!("server asked again for traits it was just sent");
+                }
+                traits_json = inventory::for_host(self.index, &self.hostname).0;
+                continue;
+            }
+            break match response.reply {
+                Some(Reply::Bundle(signed)) => Outcome::Bundle(self.accept(&signed, bundle_key)?),
+                Some(Reply::Backoff(b)) => Outcome::Backoff(b.retry_after_s),
+                Some(Reply::Redirect(_)) => bail!("redirected, which a single cluster never does"),
+                Some(Reply::NoChange(_)) | None => Outcome::NoChange,
+            };
+        };
+        if !hold {
+            self.channel = None;
+        }
+        Ok(outcome)
+    }
+
+    /// Verifies a bundle as `envoy` does and takes it; returns its stack version.
+    fn accept(&mut self, signed: &SignedBundle, bundle_key: &VerifyingKey) -> anyhow::Result<u64> {
+        let signature = Signature::from_slice(&signed.signature).context("bundle signature malformed")?;
+        bundle_key
+            .verify_strict(&vigo_proto::signing::bundle_bytes(&signed.bundle), &signature)
+            .map_err(|_| anyhow::anyhow!("bundle signature does not verify"))?;
+        if Sha256::digest(&signed.bundle).as_slice() != signed.fingerprint {
+            bail!("bundle fingerprint mismatch");
+        }
+        let bundle = Bundle::decode(signed.bundle.as_slice()).context("bundle does not decode")?;
+        self.fingerprint = signed.fingerprint.clone();
+        self.stack_version = bundle.stack_version;
+        Ok(bundle.stack_version)
+    }
+}

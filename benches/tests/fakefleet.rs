@@ -1,0 +1,67 @@
+//! fakefleet end to end: a real vigosrv process, a handful of synthetic envoys enrolled over
+//! mTLS, a publish mid-run, and the JSON report read back. Asserts behaviour, not speed.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+fn bin(name: &str) -> PathBuf {
+    let dir = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_path_buf();
+    dir.join(name)
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn fakefleet_enrolls_checks_in_publishes_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(bin("vigosrv"))
+        .args(["run", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("server"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let server = Server(child);
+    let mut addr = |prefix: &str| {
+        let line = lines.next().expect("vigosrv printed its addresses").unwrap();
+        line.strip_prefix(prefix).unwrap_or_else(|| panic!("unexpected line {line:?}")).to_string()
+    };
+    let grpc = addr("vigosrv listening on ");
+    let http = addr("vigosrv http on ");
+
+    let json = dir.path().join("report.json");
+    let out = Command::new(bin("fakefleet"))
+        .args(["--server", &grpc, "--http", &http, "--creds"])
+        .arg(dir.path().join("server/admin"))
+        .arg("--vigocli")
+        .arg(bin("vigocli"))
+        .args(["--envoys", "6", "--interval", "0.5", "--warmup", "2", "--duration", "3", "--publish-at", "0.2"])
+        .args(["--sources", "3", "--label", "smoke", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    drop(server);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "fakefleet failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("| server CPU per check-in |"), "{stdout}");
+
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(report["envoys"], 6);
+    assert_eq!(report["errors"], 0, "{report}");
+    assert!(report["check_ins"].as_u64().unwrap() >= 6, "{report}");
+    assert!(report["server_rss_bytes"].as_u64().unwrap() > 0);
+    assert!(report["server_cpu_us_per_check_in"].as_f64().unwrap() > 0.0, "{report}");
+    let publish = &report["publish"];
+    assert_eq!(publish["version"], 2, "the run's first publish is v1, the mid-run one v2");
+    assert_eq!(publish["envoys_updated"], 6, "{report}");
+    assert!(publish["all_updated_after_s"].as_f64().is_some(), "{report}");
+}
