@@ -17,7 +17,9 @@ use tonic::transport::Channel;
 use vigo_proto::agent::agent_client::AgentClient;
 use vigo_proto::agent::check_in_response::Reply;
 use vigo_proto::agent::resource_result::Status;
-use vigo_proto::agent::{CheckInRequest, CheckInResponse, ReportRequest, RunReport};
+use vigo_proto::agent::{
+    CheckInRequest, CheckInResponse, ReportRequest, RunReport, WatchEvent, WatchRequest, watch_event,
+};
 use vigo_proto::bundle::{Bundle, SignedBundle};
 
 use crate::cache::Cache;
@@ -62,6 +64,8 @@ pub struct Envoy {
     cache: Cache,
     options: RunOptions,
     channel: Option<Channel>,
+    /// The held watch: the server pushes here when a new stack goes live.
+    watch: Option<tonic::Streaming<WatchEvent>>,
 }
 
 fn now_ms() -> i64 {
@@ -77,7 +81,7 @@ impl Envoy {
     pub fn open(options: RunOptions) -> anyhow::Result<Self> {
         let identity = crate::identity::load(&options.data_dir)?;
         let cache = Cache::open(&options.data_dir).context("cannot open the envoy cache")?;
-        Ok(Self { identity, cache, options, channel: None })
+        Ok(Self { identity, cache, options, channel: None, watch: None })
     }
 
     async fn client(&mut self) -> Option<AgentClient<Channel>> {
@@ -238,6 +242,24 @@ impl Envoy {
         }
     }
 
+    /// Opens a watch on the current connection, so a publish reaches this envoy at once.
+    async fn open_watch(&mut self) -> Option<tonic::Streaming<WatchEvent>> {
+        let mut client = self.client().await?;
+        let mut req = WatchRequest {
+            envoy_id: self.identity.envoy_id.clone(),
+            counter: self.cache.next_counter().ok()?,
+            signature: Vec::new(),
+        };
+        req.signature = self.identity.key.sign(&vigo_proto::signing::watch_bytes(&req)).to_bytes().to_vec();
+        match client.watch(req).await {
+            Ok(stream) => Some(stream.into_inner()),
+            Err(status) => {
+                tracing::warn!("cannot hold a watch, checking in on the interval only: {}", status_text(&status));
+                None
+            }
+        }
+    }
+
     /// Runs iterations until interrupted (or once).
     pub async fn run(&mut self) -> anyhow::Result<bool> {
         let mut backoff = BACKOFF_START;
@@ -258,10 +280,39 @@ impl Envoy {
                 backoff = (backoff * 2).min(cap);
                 wait
             };
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = tokio::signal::ctrl_c() => return Ok(!failed),
+            if iteration.online && self.watch.is_none() {
+                self.watch = self.open_watch().await;
             }
+            let sleep = tokio::time::sleep(wait);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    _ = &mut sleep => break,
+                    pushed = next_push(self.watch.as_mut()) => match pushed {
+                        Some(version) => {
+                            println!("push: stack v{version} is live, checking in now");
+                            break;
+                        }
+                        // The watch ended (server restarting): wait out the interval as before.
+                        None => self.watch = None,
+                    },
+                    _ = tokio::signal::ctrl_c() => return Ok(!failed),
+                }
+            }
+        }
+    }
+}
+
+/// The next push on `watch`; `None` when it ends. Never resolves without a watch.
+async fn next_push(watch: Option<&mut tonic::Streaming<WatchEvent>>) -> Option<u64> {
+    let Some(watch) = watch else { return std::future::pending().await };
+    loop {
+        match watch.message().await {
+            Ok(Some(WatchEvent { kind: Some(watch_event::Kind::PushRequested(push)) })) => {
+                return Some(push.stack_version);
+            }
+            Ok(Some(_)) => continue,
+            Ok(None) | Err(_) => return None,
         }
     }
 }

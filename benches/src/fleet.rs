@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 use vigo_proto::agent::agent_client::AgentClient;
 use vigo_proto::agent::check_in_response::Reply;
-use vigo_proto::agent::{CheckInRequest, EnrollRequest, GetCaRequest};
+use vigo_proto::agent::{CheckInRequest, EnrollRequest, GetCaRequest, WatchEvent, WatchRequest, watch_event};
 use vigo_proto::bundle::{Bundle, SignedBundle};
 use vigo_proto::tls::{ca_fetch_config, client_config, connect, connect_from, ed25519_pkcs8};
 use vigo_proto::token::Token;
@@ -194,6 +194,16 @@ impl FakeEnvoy {
         Ok(outcome)
     }
 
+    /// Opens a watch on the held connection, as `envoy run` does after a check-in.
+    pub async fn watch(&mut self, server: &str) -> anyhow::Result<tonic::Streaming<WatchEvent>> {
+        let mut client = self.client(server).await?;
+        self.counter += 1;
+        let mut req = WatchRequest { envoy_id: self.envoy_id.clone(), counter: self.counter, signature: Vec::new() };
+        req.signature = self.key.sign(&vigo_proto::signing::watch_bytes(&req)).to_bytes().to_vec();
+        let stream = client.watch(req).await.map_err(|s| anyhow::anyhow!("watch refused: {}", s.message()))?;
+        Ok(stream.into_inner())
+    }
+
     /// Verifies a bundle as `envoy` does and takes it; returns its stack version.
     fn accept(&mut self, signed: &SignedBundle, bundle_key: &VerifyingKey) -> anyhow::Result<u64> {
         let signature = Signature::from_slice(&signed.signature).context("bundle signature malformed")?;
@@ -207,5 +217,15 @@ impl FakeEnvoy {
         self.fingerprint = signed.fingerprint.clone();
         self.stack_version = bundle.stack_version;
         Ok(bundle.stack_version)
+    }
+}
+
+/// The next push on `watch`: the stack version now live; `None` when the watch ends. Never
+/// resolves without a watch.
+pub async fn next_push(watch: Option<&mut tonic::Streaming<WatchEvent>>) -> Option<u64> {
+    let Some(watch) = watch else { return std::future::pending().await };
+    match watch.message().await {
+        Ok(Some(WatchEvent { kind: Some(watch_event::Kind::PushRequested(push)) })) => Some(push.stack_version),
+        _ => None,
     }
 }

@@ -39,6 +39,8 @@ pub struct Report {
     pub backoffs: u64,
     /// Failed check-ins (transport errors, refusals, timeouts).
     pub errors: u64,
+    /// Pushes received on held watches (a publish asking for a check-in now).
+    pub pushes: u64,
     /// The first error seen, if any.
     pub first_error: Option<String>,
     /// Set when a publish was triggered mid-run.
@@ -87,6 +89,7 @@ impl Report {
                 format!("{:.2} / {:.2} / {:.2} ms", self.latency_ms_p50, self.latency_ms_p99, self.latency_ms_max),
             ),
             ("backoffs / errors", format!("{} / {}", self.backoffs, self.errors)),
+            ("pushes received", self.pushes.to_string()),
         ];
         if let Some(p) = &self.publish {
             let all = p.all_updated_after_s.map_or("not within the window".to_string(), |s| format!("{s:.2} s"));

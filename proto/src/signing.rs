@@ -4,7 +4,7 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::agent::{CheckInRequest, ReportRequest, RunReport};
+use crate::agent::{CheckInRequest, ReportRequest, RunReport, WatchRequest};
 
 fn put(out: &mut Vec<u8>, field: &[u8]) {
     out.extend_from_slice(&(field.len() as u32).to_be_bytes());
@@ -19,6 +19,14 @@ pub fn check_in_bytes(req: &CheckInRequest) -> Vec<u8> {
     put(&mut out, &req.traits_hash);
     put(&mut out, &req.bundle_fingerprint);
     put(&mut out, &Sha256::digest(req.traits_json.as_bytes()));
+    out
+}
+
+/// Bytes signed by an envoy to open a watch.
+pub fn watch_bytes(req: &WatchRequest) -> Vec<u8> {
+    let mut out = b"vigo/watch/v1\0".to_vec();
+    put(&mut out, req.envoy_id.as_bytes());
+    out.extend_from_slice(&req.counter.to_be_bytes());
     out
 }
 
@@ -71,5 +79,13 @@ mod tests {
         }
         // The signature itself is not signed.
         assert_eq!(check_in_bytes(&CheckInRequest { signature: vec![1], ..base.clone() }), check_in_bytes(&base));
+    }
+
+    #[test]
+    fn a_watch_signature_is_not_a_check_in_signature() {
+        let watch = WatchRequest { envoy_id: "e".into(), counter: 1, signature: vec![] };
+        let check_in = CheckInRequest { envoy_id: "e".into(), counter: 1, ..Default::default() };
+        assert_ne!(watch_bytes(&watch), check_in_bytes(&check_in));
+        assert_ne!(watch_bytes(&watch), watch_bytes(&WatchRequest { counter: 2, ..watch.clone() }));
     }
 }

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use vigo_proto::admin::RunSummary;
 use vigo_proto::agent::resource_result::Status as ResultStatus;
 use vigo_proto::agent::{
-    CheckInRequest, CheckInResponse, NoChange, ReportRequest, RunReport, check_in_response::Reply,
+    CheckInRequest, CheckInResponse, NoChange, ReportRequest, RunReport, WatchRequest, check_in_response::Reply,
 };
 use vigo_state::{ControlState, EnvoyEntry, FleetIndex, Replay};
 
@@ -152,6 +152,18 @@ pub fn report(
         ctx.fleet.record_run(&req.envoy_id, summarize(run));
     }
     Ok(req.runs.len() as u32)
+}
+
+/// Authenticates the opening of a watch (a held connection).
+pub fn watch(
+    ctx: &CheckInContext<'_>,
+    peer_cert_sha256: Option<[u8; 32]>,
+    req: &WatchRequest,
+    now_ms: i64,
+) -> Result<(), Refusal> {
+    let signed = vigo_proto::signing::watch_bytes(req);
+    authenticate(ctx, peer_cert_sha256, &req.envoy_id, req.counter, &signed, &req.signature, now_ms)?;
+    Ok(())
 }
 
 /// Counts a run's results by status.

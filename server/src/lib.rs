@@ -82,6 +82,13 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 
         }
         None => None,
     };
+    let _follow_stack = AbortOnDrop(tokio::spawn(node.clone().follow_stack()));
+    let stopping = node.clone();
+    let shutdown = async move {
+        shutdown.await;
+        // Held watches end first; then the graceful shutdown has no stream left to wait for.
+        stopping.stopping.send_replace(true);
+    };
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     Server::builder()
         .tls_config(tls)?

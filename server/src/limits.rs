@@ -21,3 +21,11 @@ pub const HOSTNAME_BYTES_MAX: usize = 253;
 /// Largest gRPC message the server decodes: above the archive limit, so a too-big stack gets
 /// the clear limit error rather than a transport error.
 pub const GRPC_MESSAGE_BYTES_MAX: usize = STACK_ARCHIVE_BYTES_MAX + 1024 * 1024;
+
+/// Pushes after a publish are spread so that at most this many envoys a second are asked to
+/// check in: a publish to a large fleet on held connections is a ramp, never a herd.
+pub const PUSH_RATE_PER_S: u64 = 2_000;
+
+/// However large the fleet, the last push after a publish goes out within this many
+/// milliseconds of it.
+pub const PUSH_SPREAD_MS_MAX: u64 = 5_000;

@@ -52,6 +52,10 @@ pub struct Node {
     pub settings: Settings,
     /// Counters and histograms, served at `/metrics`.
     pub metrics: Metrics,
+    /// The live stack version, followed by every open watch (see [`Node::follow_stack`]).
+    pub stack_version: tokio::sync::watch::Sender<u64>,
+    /// Set when the server stops: open watches end, so the graceful shutdown can finish.
+    pub stopping: tokio::sync::watch::Sender<bool>,
     write_lock: tokio::sync::Mutex<()>,
 }
 
@@ -64,6 +68,7 @@ impl Node {
     /// Assembles a node.
     pub fn new(log: LogNode, pki: Pki, settings: Settings) -> Arc<Self> {
         let bundles = BundleCache::new(pki.bundle_key.clone());
+        let stack_version = tokio::sync::watch::Sender::new(log.state().stack_version());
         Arc::new(Self {
             log,
             fleet: FleetIndex::default(),
@@ -71,8 +76,23 @@ impl Node {
             pki,
             settings,
             metrics: Metrics::default(),
+            stack_version,
+            stopping: tokio::sync::watch::Sender::new(false),
             write_lock: Default::default(),
         })
+    }
+
+    /// Keeps [`Node::stack_version`] equal to the live stack's version as events apply. One
+    /// task for the whole server, so watches wake on publishes only, not on every event.
+    pub async fn follow_stack(self: Arc<Self>) {
+        let mut applied = self.log.watch_applied();
+        loop {
+            let live = self.control().stack_version();
+            self.stack_version.send_if_modified(|current| std::mem::replace(current, live) != live);
+            if applied.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     /// The control snapshot as of the last applied event.

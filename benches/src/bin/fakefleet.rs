@@ -18,7 +18,7 @@ use clap::{Parser, ValueEnum};
 use ed25519_dalek::VerifyingKey;
 use futures::StreamExt;
 use rand::Rng;
-use vigo_benches::fleet::{Cluster, FakeEnvoy, Outcome};
+use vigo_benches::fleet::{Cluster, FakeEnvoy, Outcome, next_push};
 use vigo_benches::report::{PublishReport, Report, quantile};
 use vigo_benches::scrape::{Sample, scrape};
 
@@ -46,8 +46,8 @@ struct Args {
     /// Relative jitter on each interval (0.1 = ±10%).
     #[arg(long, default_value_t = 0.1)]
     jitter: f64,
-    /// `held`: each envoy keeps its connection between check-ins; `poll`: it connects anew
-    /// for every check-in.
+    /// `held`: each envoy keeps its connection between check-ins and a watch open on it, so
+    /// a publish is pushed; `poll`: it connects anew for every check-in.
     #[arg(long, value_enum, default_value_t = Mode::Held)]
     mode: Mode,
     /// Seconds of check-ins before the measured window (default: two intervals, so every
@@ -91,6 +91,7 @@ struct Shared {
     check_ins: AtomicU64,
     backoffs: AtomicU64,
     errors: AtomicU64,
+    pushes: AtomicU64,
     latencies_us: Mutex<Vec<u32>>,
     first_error: Mutex<Option<String>>,
     publish_version: AtomicU64,
@@ -108,10 +109,25 @@ impl Shared {
 async fn envoy_loop(mut envoy: FakeEnvoy, shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut next = shared.interval.mul_f64(rand::rng().random_range(0.0..1.0));
     let mut holds_published = false;
+    let mut watch = None;
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(next) => {}
-            _ = stop.changed() => break,
+        let sleep = tokio::time::sleep(next);
+        tokio::pin!(sleep);
+        let stopped = loop {
+            tokio::select! {
+                _ = &mut sleep => break false,
+                _ = stop.changed() => break true,
+                pushed = next_push(watch.as_mut()) => match pushed {
+                    Some(_) => {
+                        shared.pushes.fetch_add(1, Relaxed);
+                        break false;
+                    }
+                    None => watch = None,
+                },
+            }
+        };
+        if stopped {
+            break;
         }
         let started = Instant::now();
         let result = envoy.check_in(&shared.server, &shared.bundle_key, shared.hold).await;
@@ -120,6 +136,9 @@ async fn envoy_loop(mut envoy: FakeEnvoy, shared: Arc<Shared>, mut stop: tokio::
         next = shared.jittered();
         match result {
             Ok(outcome) => {
+                if shared.hold && watch.is_none() {
+                    watch = envoy.watch(&shared.server).await.ok();
+                }
                 if measuring {
                     shared.check_ins.fetch_add(1, Relaxed);
                     shared.latencies_us.lock().unwrap().push(took.as_micros().min(u128::from(u32::MAX)) as u32);
@@ -142,6 +161,7 @@ async fn envoy_loop(mut envoy: FakeEnvoy, shared: Arc<Shared>, mut stop: tokio::
             }
         }
     }
+    drop(watch);
     envoy.disconnect();
 }
 
@@ -252,6 +272,7 @@ async fn run(args: Args) -> anyhow::Result<Report> {
         check_ins: AtomicU64::new(0),
         backoffs: AtomicU64::new(0),
         errors: AtomicU64::new(0),
+        pushes: AtomicU64::new(0),
         latencies_us: Mutex::new(Vec::new()),
         first_error: Mutex::new(None),
         publish_version: AtomicU64::new(0),
@@ -330,6 +351,7 @@ fn summarize(args: &Args, shared: &Shared, before: &Sample, m0: &Sample, m1: &Sa
         latency_ms_max: ms(lat.last().copied().unwrap_or(0)),
         backoffs: shared.backoffs.load(Relaxed),
         errors: shared.errors.load(Relaxed),
+        pushes: shared.pushes.load(Relaxed),
         first_error: shared.first_error.lock().unwrap().clone(),
         publish: None,
     }

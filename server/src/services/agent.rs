@@ -1,6 +1,10 @@
 //! The agent service: CA fetch, enrollment, check-in and results reports.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
 use std::time::Instant;
 
 use ed25519_dalek::{Signature, VerifyingKey};
@@ -8,14 +12,14 @@ use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 use vigo_proto::agent::agent_server::Agent;
 use vigo_proto::agent::{
-    CheckInRequest, CheckInResponse, EnrollRequest, EnrollResponse, GetCaRequest, GetCaResponse, ReportRequest,
-    ReportResponse,
+    CheckInRequest, CheckInResponse, EnrollRequest, EnrollResponse, GetCaRequest, GetCaResponse, PushRequested,
+    ReportRequest, ReportResponse, WatchEvent, WatchRequest, watch_event,
 };
 use vigo_proto::events::EnvoyEnrolled;
 use vigo_proto::events::event::Kind;
 use vigo_proto::token::Token;
 
-use crate::limits::HOSTNAME_BYTES_MAX;
+use crate::limits::{HOSTNAME_BYTES_MAX, PUSH_RATE_PER_S, PUSH_SPREAD_MS_MAX};
 use crate::metrics::{CheckInOutcome, ReportOutcome};
 use crate::node::{Node, now_ms};
 use crate::services::peer_cert_sha256;
@@ -47,8 +51,26 @@ pub fn envoy_id_for(pubkey: &[u8; 32]) -> String {
     format!("e-{}", hex::encode(&Sha256::digest(pubkey)[..8]))
 }
 
+/// How long after a publish this envoy's push waits: a fixed point in a window that grows with
+/// the fleet (at most [`PUSH_RATE_PER_S`] pushes a second, capped at [`PUSH_SPREAD_MS_MAX`]),
+/// taken from a hash of its id, so the fleet spreads evenly over the window.
+pub fn push_delay(envoy_id: &str, fleet: usize) -> Duration {
+    let window_ms = (fleet as u64 * 1000 / PUSH_RATE_PER_S).min(PUSH_SPREAD_MS_MAX);
+    if window_ms == 0 {
+        return Duration::ZERO;
+    }
+    let digest = Sha256::digest(envoy_id.as_bytes());
+    let point = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"));
+    Duration::from_millis(point % window_ms)
+}
+
+/// The stream of an open watch.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send + 'static>>;
+
 #[tonic::async_trait]
 impl Agent for AgentService {
+    type WatchStream = WatchStream;
+
     async fn get_ca(&self, _request: Request<GetCaRequest>) -> Result<Response<GetCaResponse>, Status> {
         Ok(Response::new(GetCaResponse { ca_cert_der: self.node.pki.ca_der.clone() }))
     }
@@ -102,6 +124,30 @@ impl Agent for AgentService {
         Ok(Response::new(answered?))
     }
 
+    async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<WatchStream>, Status> {
+        let peer = peer_cert_sha256(&request);
+        let req = request.into_inner();
+        self.node.with_check_in(|ctx| crate::check_in::watch(ctx, peer, &req, now_ms()))?;
+        // Subscribing marks the current version as seen: only later publishes push.
+        let versions = self.node.stack_version.subscribe();
+        let stopping = self.node.stopping.subscribe();
+        let delay = push_delay(&req.envoy_id, self.node.control().n_envoys());
+        let stream = futures::stream::unfold((versions, stopping), move |(mut versions, mut stopping)| async move {
+            tokio::select! {
+                changed = versions.changed() => changed.ok()?,
+                _ = stopping.wait_for(|s| *s) => return None,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stopping.wait_for(|s| *s) => return None,
+            }
+            let stack_version = *versions.borrow_and_update();
+            let event = WatchEvent { kind: Some(watch_event::Kind::PushRequested(PushRequested { stack_version })) };
+            Some((Ok(event), (versions, stopping)))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn report_results(&self, request: Request<ReportRequest>) -> Result<Response<ReportResponse>, Status> {
         let peer = peer_cert_sha256(&request);
         let req = request.into_inner();
@@ -110,5 +156,28 @@ impl Agent for AgentService {
         self.node.metrics.record_report(outcome);
         let accepted = answered?;
         Ok(Response::new(ReportResponse { accepted }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pushes_spread_evenly_over_a_window_that_grows_with_the_fleet() {
+        assert_eq!(push_delay("e-1", 1), Duration::ZERO, "a tiny fleet is pushed at once");
+        let fleet = 10_000;
+        let window = Duration::from_millis(PUSH_SPREAD_MS_MAX);
+        let mut per_second = [0usize; 5];
+        for i in 0..fleet {
+            let d = push_delay(&format!("e-{i:016x}"), fleet);
+            assert!(d < window);
+            per_second[d.as_secs() as usize] += 1;
+        }
+        // 10,000 envoys at 2,000 a second: about 2,000 in each second of the window.
+        for n in per_second {
+            assert!((1_800..2_200).contains(&n), "{per_second:?}");
+        }
+        assert_eq!(push_delay("e-7", fleet), push_delay("e-7", fleet), "the same point every time");
     }
 }
