@@ -59,7 +59,8 @@ fn fakefleet_enrolls_checks_in_publishes_and_reports() {
     assert_eq!(report["errors"], 0, "{report}");
     assert!(report["check_ins"].as_u64().unwrap() >= 6, "{report}");
     assert!(report["server_rss_bytes"].as_u64().unwrap() > 0);
-    assert!(report["server_cpu_us_per_check_in"].as_f64().unwrap() > 0.0, "{report}");
+    // CPU comes in 10 ms ticks: a window this small may show none, so only its presence is checked.
+    assert!(report["server_cpu_us_per_check_in"].as_f64().is_some_and(f64::is_finite), "{report}");
     let publish = &report["publish"];
     assert_eq!(publish["version"], 2, "the run's first publish is v1, the mid-run one v2");
     assert_eq!(publish["envoys_updated"], 6, "{report}");
