@@ -76,7 +76,8 @@ pub struct FakeEnvoy {
     tls: Arc<rustls::ClientConfig>,
     counter: u64,
     fingerprint: Vec<u8>,
-    traits_hash: [u8; 32],
+    /// Hash of its inventory, computed on the first check-in (generating ~150 KB costs client CPU).
+    traits_hash: Option<[u8; 32]>,
     /// Stack version of the bundle it holds (0: none yet).
     pub stack_version: u64,
     /// Local address its connections leave from.
@@ -114,7 +115,6 @@ impl FakeEnvoy {
         )?;
         let identity = (vec![CertificateDer::from(response.cert_der)], PrivatePkcs8KeyDer::from(ed25519_pkcs8(&seed)));
         let tls = client_config(&cluster.ca, Some(identity))?;
-        let (_, traits_hash) = inventory::for_host(index, &hostname);
         let envoy = Self {
             index,
             envoy_id: response.envoy_id,
@@ -123,7 +123,7 @@ impl FakeEnvoy {
             tls,
             counter: 0,
             fingerprint: Vec::new(),
-            traits_hash,
+            traits_hash: None,
             stack_version: 0,
             source,
             channel: None,
@@ -150,13 +150,23 @@ impl FakeEnvoy {
     /// connection stays open for the next one; without, it is closed after the answer.
     pub async fn check_in(&mut self, server: &str, bundle_key: &VerifyingKey, hold: bool) -> anyhow::Result<Outcome> {
         let mut client = self.client(server).await?;
+        // The inventory is generated on the first check-in and kept only until it is sent.
+        let mut inventory = None;
+        let traits_hash = match self.traits_hash {
+            Some(hash) => hash,
+            None => {
+                let (text, hash) = inventory::for_host(self.index, &self.hostname);
+                inventory = Some(text);
+                *self.traits_hash.insert(hash)
+            }
+        };
         let mut traits_json = String::new();
         let outcome = loop {
             self.counter += 1;
             let mut req = CheckInRequest {
                 envoy_id: self.envoy_id.clone(),
                 counter: self.counter,
-                traits_hash: self.traits_hash.to_vec(),
+                traits_hash: traits_hash.to_vec(),
                 bundle_fingerprint: self.fingerprint.clone(),
                 signature: Vec::new(),
                 traits_json: std::mem::take(&mut traits_json),
@@ -178,7 +188,10 @@ impl FakeEnvoy {
                 if sent_traits {
                     bail!("server asked again for traits it was just sent");
                 }
-                traits_json = inventory::for_host(self.index, &self.hostname).0;
+                traits_json = match inventory.take() {
+                    Some(text) => text,
+                    None => inventory::for_host(self.index, &self.hostname).0,
+                };
                 continue;
             }
             break match response.reply {

@@ -17,6 +17,9 @@ pub struct Report {
     pub window_s: f64,
     /// Enrollments per second through the real path (each one a committed event).
     pub enrollments_per_s: f64,
+    /// Seconds from starting the check-in loops until every envoy held its first bundle (each
+    /// sends its inventory once, and the server compiles and signs a bundle per host).
+    pub first_bundle_all_s: f64,
     /// Check-ins completed in the window (client side).
     pub check_ins: u64,
     /// Check-ins per second achieved in the window.
@@ -79,6 +82,7 @@ impl Report {
             ("mode", format!("{} ({} envoys, every {} s)", self.mode, self.envoys, self.interval_s)),
             ("window", format!("{:.1} s", self.window_s)),
             ("enrollments/s", format!("{:.0}", self.enrollments_per_s)),
+            ("cold start: every envoy holds its first bundle", format!("{:.1} s", self.first_bundle_all_s)),
             ("check-ins/s", format!("{:.0} ({} in all)", self.check_ins_per_s, self.check_ins)),
             ("server CPU per check-in", format!("{:.1} µs", self.server_cpu_us_per_check_in)),
             ("server CPU", format!("{:.2} cores", self.server_cpu_cores)),

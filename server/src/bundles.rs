@@ -103,12 +103,13 @@ impl BundleCache {
             }
         }
         let stack = self.stack(live)?;
-        let traits: serde_json::Value = serde_json::from_str(traits_json).map_err(|e| BundleError::Compile {
-            version: live.version,
-            hostname: hostname.to_string(),
-            reason: format!("traits are not valid JSON: {e}"),
-        })?;
-        let bundle = stack.compile(live.version, hostname, &traits).map_err(|e| BundleError::Compile {
+        let traits: Arc<serde_json::Value> =
+            serde_json::from_str(traits_json).map(Arc::new).map_err(|e| BundleError::Compile {
+                version: live.version,
+                hostname: hostname.to_string(),
+                reason: format!("traits are not valid JSON: {e}"),
+            })?;
+        let bundle = stack.compile_shared(live.version, hostname, &traits).map_err(|e| BundleError::Compile {
             version: live.version,
             hostname: hostname.to_string(),
             reason: one_line(&e.to_string()),

@@ -50,10 +50,13 @@ struct Args {
     /// a publish is pushed; `poll`: it connects anew for every check-in.
     #[arg(long, value_enum, default_value_t = Mode::Held)]
     mode: Mode,
-    /// Seconds of check-ins before the measured window (default: two intervals, so every
-    /// envoy has sent its inventory and holds its bundle).
+    /// Seconds of check-ins before the measured window, counted once every envoy holds its
+    /// first bundle (default: one interval).
     #[arg(long)]
     warmup: Option<f64>,
+    /// Longest wait for every envoy to hold its first bundle before measuring anyway.
+    #[arg(long, default_value_t = 600.0)]
+    settle_max: f64,
     /// Seconds measured.
     #[arg(long, default_value_t = 30.0)]
     duration: f64,
@@ -92,6 +95,7 @@ struct Shared {
     backoffs: AtomicU64,
     errors: AtomicU64,
     pushes: AtomicU64,
+    settled: AtomicU64,
     latencies_us: Mutex<Vec<u32>>,
     first_error: Mutex<Option<String>>,
     publish_version: AtomicU64,
@@ -109,6 +113,7 @@ impl Shared {
 async fn envoy_loop(mut envoy: FakeEnvoy, shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut next = shared.interval.mul_f64(rand::rng().random_range(0.0..1.0));
     let mut holds_published = false;
+    let mut settled = false;
     let mut watch = None;
     loop {
         let sleep = tokio::time::sleep(next);
@@ -136,6 +141,10 @@ async fn envoy_loop(mut envoy: FakeEnvoy, shared: Arc<Shared>, mut stop: tokio::
         next = shared.jittered();
         match result {
             Ok(outcome) => {
+                if !settled && envoy.stack_version > 0 {
+                    settled = true;
+                    shared.settled.fetch_add(1, Relaxed);
+                }
                 if shared.hold && watch.is_none() {
                     watch = envoy.watch(&shared.server).await.ok();
                 }
@@ -273,6 +282,7 @@ async fn run(args: Args) -> anyhow::Result<Report> {
         backoffs: AtomicU64::new(0),
         errors: AtomicU64::new(0),
         pushes: AtomicU64::new(0),
+        settled: AtomicU64::new(0),
         latencies_us: Mutex::new(Vec::new()),
         first_error: Mutex::new(None),
         publish_version: AtomicU64::new(0),
@@ -283,8 +293,16 @@ async fn run(args: Args) -> anyhow::Result<Report> {
     let tasks: Vec<_> =
         envoys.into_iter().map(|e| tokio::spawn(envoy_loop(e, shared.clone(), stop_rx.clone()))).collect();
 
-    let warmup = args.warmup.unwrap_or(2.0 * args.interval + 2.0);
-    eprintln!("fakefleet: warming up for {warmup:.0} s");
+    // Cold start: every envoy sends its inventory, and gets its first bundle compiled and signed.
+    let settle_started = Instant::now();
+    let settle_deadline = settle_started + Duration::from_secs_f64(args.settle_max);
+    while shared.settled.load(Relaxed) < u64::from(args.envoys) && Instant::now() < settle_deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let settle_s = settle_started.elapsed().as_secs_f64();
+    eprintln!("fakefleet: {} envoys hold their first bundle after {settle_s:.1} s", shared.settled.load(Relaxed));
+    let warmup = args.warmup.unwrap_or(args.interval);
+    eprintln!("fakefleet: warming up for {warmup:.0} s more");
     tokio::time::sleep(Duration::from_secs_f64(warmup)).await;
     let m0 = scrape(&args.http).await?;
     let window_started = Instant::now();
@@ -314,6 +332,7 @@ async fn run(args: Args) -> anyhow::Result<Report> {
 
     let mut report = summarize(&args, &shared, &before, &m0, &m1, window_s);
     report.enrollments_per_s = f64::from(args.envoys) / enroll_s;
+    report.first_bundle_all_s = settle_s;
     if let Some(mut p) = publish_report {
         let mut after = shared.updated_after_s.lock().unwrap().clone();
         after.sort_by(f64::total_cmp);
@@ -340,6 +359,7 @@ fn summarize(args: &Args, shared: &Shared, before: &Sample, m0: &Sample, m1: &Sa
         interval_s: args.interval,
         window_s,
         enrollments_per_s: 0.0,
+        first_bundle_all_s: 0.0,
         check_ins,
         check_ins_per_s: check_ins as f64 / window_s,
         server_cpu_us_per_check_in: if server_check_ins > 0.0 { cpu * 1e6 / server_check_ins } else { 0.0 },

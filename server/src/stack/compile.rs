@@ -8,10 +8,12 @@
 //! the bundle, a cycle, a template variable undefined for this envoy.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use vigo_proto::bundle::{Bundle, FileSpec, Resource, resource::Spec};
 
 use super::graph::{self, Placed};
+
 use super::limits::BUNDLE_CONTENT_BYTES_MAX;
 use super::resource::{FileDef, Ref};
 use super::{Content, Diag, Module, SpecDef, Stack, StackError, StackErrors, template};
@@ -20,10 +22,10 @@ pub(crate) fn compile(
     stack: &Stack,
     version: u64,
     hostname: &str,
-    traits: &serde_json::Value,
+    traits: &Arc<serde_json::Value>,
 ) -> Result<Bundle, StackErrors> {
     let mut modules: Vec<&Module> = Vec::new();
-    let mut context = serde_json::Map::new();
+    let mut context: Vec<(String, minijinja::Value)> = Vec::new();
     for i in stack.matching_entries(hostname, traits) {
         let entry = &stack.entries[i];
         for (name, _) in &entry.modules {
@@ -33,12 +35,16 @@ pub(crate) fn compile(
             }
         }
         for (key, value) in &entry.vars {
-            context.entry(key.clone()).or_insert_with(|| value.clone());
+            // The earliest matching entry wins a variable.
+            if !context.iter().any(|(k, _)| k == key) {
+                context.push((key.clone(), minijinja::Value::from_serialize(value)));
+            }
         }
     }
-    context.insert("hostname".to_string(), hostname.into());
-    context.insert("traits".to_string(), traits.clone());
-    let context = minijinja::Value::from_serialize(&context);
+    context.push(("hostname".to_string(), minijinja::Value::from(hostname)));
+    // Traits are read where templates reach them, never converted whole (they carry the inventory).
+    context.push(("traits".to_string(), super::lazy_json::wrap(traits.clone())));
+    let context = minijinja::Value::from_iter(context);
 
     let placed = graph::place(&modules);
     let ids = graph::index_by_id(&placed);

@@ -16,6 +16,7 @@ mod archive;
 mod assign;
 mod compile;
 mod graph;
+mod lazy_json;
 pub mod limits;
 mod resource;
 mod template;
@@ -183,6 +184,16 @@ impl Stack {
     /// merged modules do not fit together for this envoy (a duplicate id, a reference to a
     /// resource outside its bundle, a cycle) or a template fails to render.
     pub fn compile(&self, version: u64, hostname: &str, traits: &serde_json::Value) -> Result<Bundle, StackErrors> {
+        compile::compile(self, version, hostname, &std::sync::Arc::new(traits.clone()))
+    }
+
+    /// [`Stack::compile`] with traits already shared, so nothing of them is copied.
+    pub fn compile_shared(
+        &self,
+        version: u64,
+        hostname: &str,
+        traits: &std::sync::Arc<serde_json::Value>,
+    ) -> Result<Bundle, StackErrors> {
         compile::compile(self, version, hostname, traits)
     }
 
