@@ -52,6 +52,10 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 
         tracing::info!(admin = %paths.admin_dir().display(), "initialized a new single-node cluster; admin credentials written");
     }
     let pki = Pki::load(&paths)?;
+    match vigo_proto::fds::raise_open_files_limit() {
+        Ok(n) => tracing::info!(open_files = n, "open-file limit"),
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

@@ -227,7 +227,7 @@ fn source_for(i: u32, sources: u8) -> Option<IpAddr> {
 }
 
 async fn run(args: Args) -> anyhow::Result<Report> {
-    match rlimit::increase_nofile_limit(u64::MAX) {
+    match vigo_proto::fds::raise_open_files_limit() {
         Ok(n) => eprintln!("fakefleet: open-file limit {n}"),
         Err(e) => eprintln!("fakefleet: cannot raise the open-file limit: {e}"),
     }
