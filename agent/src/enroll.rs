@@ -9,8 +9,9 @@ use ed25519_dalek::{Signer, SigningKey};
 use rand::RngCore;
 use rustls::pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
+use tonic::transport::Channel;
 use vigo_proto::agent::agent_client::AgentClient;
-use vigo_proto::agent::{EnrollRequest, GetCaRequest};
+use vigo_proto::agent::{EnrollRequest, EnrollResponse, GetCaRequest};
 use vigo_proto::tls::{ca_fetch_config, client_config, connect};
 use vigo_proto::token::Token;
 
@@ -25,35 +26,12 @@ pub async fn enroll(server: &str, token_text: &str, data_dir: &Path, hostname: &
     if identity::is_enrolled(data_dir) {
         bail!("{} already holds an enrollment", data_dir.display());
     }
-    // 1. Fetch the CA over an unauthenticated channel and trust it only if the token pins it.
-    let channel = connect(server, ca_fetch_config()?, ENROLL_TIMEOUT).await?;
-    let ca_der = AgentClient::new(channel)
-        .get_ca(GetCaRequest {})
-        .await
-        .map_err(|s| anyhow::anyhow!("cannot fetch the cluster CA: {}", s.message()))?
-        .into_inner()
-        .ca_cert_der;
-    if Sha256::digest(&ca_der).as_slice() != token.ca_pin {
-        bail!("server {server} presented a CA that does not match the token: refusing to enroll");
-    }
-    // 2. Enroll over TLS verified against that CA.
+    let ca_der = fetch_pinned_ca(server, &token).await?;
     let mut seed = [0u8; 32];
     rand::rng().fill_bytes(&mut seed);
-    let key = SigningKey::from_bytes(&seed);
-    let pubkey = key.verifying_key().to_bytes();
-    let proof = key.sign(&vigo_proto::signing::enroll_bytes(token_text.trim(), hostname, &pubkey));
     let ca = CertificateDer::from(ca_der.clone());
     let channel = connect(server, client_config(&ca, None)?, ENROLL_TIMEOUT).await?;
-    let response = AgentClient::new(channel)
-        .enroll(EnrollRequest {
-            token: token_text.trim().to_string(),
-            hostname: hostname.to_string(),
-            pubkey: pubkey.to_vec(),
-            proof: proof.to_bytes().to_vec(),
-        })
-        .await
-        .map_err(|s| anyhow::anyhow!("enrollment refused: {}", s.message()))?
-        .into_inner();
+    let response = request_enrollment(channel, token_text.trim(), hostname, &seed).await?;
     if response.ca_cert_der != ca_der {
         bail!("server answered with a different CA than it presented");
     }
@@ -72,6 +50,46 @@ pub async fn enroll(server: &str, token_text: &str, data_dir: &Path, hostname: &
     )
     .context("cannot save the enrollment")?;
     Ok(response.envoy_id)
+}
+
+/// Fetches the cluster CA from `server` over an unauthenticated channel and trusts it only if
+/// `token` pins it.
+pub async fn fetch_pinned_ca(server: &str, token: &Token) -> anyhow::Result<Vec<u8>> {
+    let channel = connect(server, ca_fetch_config()?, ENROLL_TIMEOUT).await?;
+    let ca_der = AgentClient::new(channel)
+        .get_ca(GetCaRequest {})
+        .await
+        .map_err(|s| anyhow::anyhow!("cannot fetch the cluster CA: {}", s.message()))?
+        .into_inner()
+        .ca_cert_der;
+    if Sha256::digest(&ca_der).as_slice() != token.ca_pin {
+        bail!("server {server} presented a CA that does not match the token: refusing to enroll");
+    }
+    Ok(ca_der)
+}
+
+/// Asks the server behind `channel` (TLS verified against the pinned CA) to enroll the key of
+/// `seed` as `hostname`, proving possession of the key.
+pub async fn request_enrollment(
+    channel: Channel,
+    token_text: &str,
+    hostname: &str,
+    seed: &[u8; 32],
+) -> anyhow::Result<EnrollResponse> {
+    let key = SigningKey::from_bytes(seed);
+    let pubkey = key.verifying_key().to_bytes();
+    let proof = key.sign(&vigo_proto::signing::enroll_bytes(token_text, hostname, &pubkey));
+    let response = AgentClient::new(channel)
+        .enroll(EnrollRequest {
+            token: token_text.to_string(),
+            hostname: hostname.to_string(),
+            pubkey: pubkey.to_vec(),
+            proof: proof.to_bytes().to_vec(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("enrollment of {hostname} refused: {}", s.message()))?
+        .into_inner();
+    Ok(response)
 }
 
 /// This machine's hostname.

@@ -151,11 +151,7 @@ impl Envoy {
 
     fn verify(&self, signed: &SignedBundle) -> anyhow::Result<Bundle> {
         let key = VerifyingKey::from_bytes(&self.identity.bundle_pubkey).context("bad bundle key in enrollment")?;
-        let signature = Signature::from_slice(&signed.signature).context("bundle signature malformed")?;
-        key.verify_strict(&vigo_proto::signing::bundle_bytes(&signed.bundle), &signature)
-            .map_err(|_| anyhow::anyhow!("bundle signature does not verify: refusing it"))?;
-        anyhow::ensure!(Sha256::digest(&signed.bundle).as_slice() == signed.fingerprint, "bundle fingerprint mismatch");
-        Bundle::decode(signed.bundle.as_slice()).context("bundle does not decode")
+        verify_bundle(&key, signed)
     }
 
     /// One check-in, converge and report.
@@ -303,8 +299,18 @@ impl Envoy {
     }
 }
 
+/// The bundle inside `signed`, if the cluster's bundle key signed it and its fingerprint is
+/// right (I-6). Nothing is applied that did not pass here.
+pub fn verify_bundle(key: &VerifyingKey, signed: &SignedBundle) -> anyhow::Result<Bundle> {
+    let signature = Signature::from_slice(&signed.signature).context("bundle signature malformed")?;
+    key.verify_strict(&vigo_proto::signing::bundle_bytes(&signed.bundle), &signature)
+        .map_err(|_| anyhow::anyhow!("bundle signature does not verify: refusing it"))?;
+    anyhow::ensure!(Sha256::digest(&signed.bundle).as_slice() == signed.fingerprint, "bundle fingerprint mismatch");
+    Bundle::decode(signed.bundle.as_slice()).context("bundle does not decode")
+}
+
 /// The next push on `watch`; `None` when it ends. Never resolves without a watch.
-async fn next_push(watch: Option<&mut tonic::Streaming<WatchEvent>>) -> Option<u64> {
+pub async fn next_push(watch: Option<&mut tonic::Streaming<WatchEvent>>) -> Option<u64> {
     let Some(watch) = watch else { return std::future::pending().await };
     loop {
         match watch.message().await {

@@ -138,7 +138,7 @@ fn check_ins(c: &mut Criterion) {
 
 fn compile(c: &mut Criterion) {
     let archive = archive(&stack_files());
-    let traits: serde_json::Value = serde_json::json!({ "hostname": "web-1.example.com" });
+    let traits = std::sync::Arc::new(serde_json::json!({ "hostname": "web-1.example.com" }));
     c.bench_function("compile/stack", |b| {
         b.iter(|| {
             let stack = Stack::from_archive(black_box(&archive)).unwrap();

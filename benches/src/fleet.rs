@@ -6,17 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
-use prost::Message;
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use rand::RngCore;
 use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
-use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 use vigo_proto::agent::agent_client::AgentClient;
 use vigo_proto::agent::check_in_response::Reply;
-use vigo_proto::agent::{CheckInRequest, EnrollRequest, GetCaRequest, WatchEvent, WatchRequest, watch_event};
-use vigo_proto::bundle::{Bundle, SignedBundle};
-use vigo_proto::tls::{ca_fetch_config, client_config, connect, connect_from, ed25519_pkcs8};
+use vigo_proto::agent::{CheckInRequest, WatchEvent, WatchRequest};
+use vigo_proto::bundle::SignedBundle;
+use vigo_proto::tls::{client_config, connect, connect_from, ed25519_pkcs8};
 use vigo_proto::token::Token;
 
 use crate::inventory;
@@ -31,20 +29,13 @@ pub struct Cluster {
     pub server: String,
     /// The cluster CA.
     pub ca: CertificateDer<'static>,
-    /// The key bundles are signed with (from the first enrollment).
-    pub bundle_key: Option<VerifyingKey>,
 }
 
 impl Cluster {
     /// Fetches the CA and trusts it only if `token` pins it, as `envoy enroll` does.
     pub async fn discover(server: &str, token: &str) -> anyhow::Result<Self> {
-        let token = Token::parse(token)?;
-        let channel = connect(server, ca_fetch_config()?, CALL_TIMEOUT).await?;
-        let ca_der = AgentClient::new(channel).get_ca(GetCaRequest {}).await?.into_inner().ca_cert_der;
-        if Sha256::digest(&ca_der).as_slice() != token.ca_pin {
-            bail!("server {server} presented a CA that does not match the token");
-        }
-        Ok(Self { server: server.to_string(), ca: CertificateDer::from(ca_der), bundle_key: None })
+        let ca_der = vigo_agent::enroll::fetch_pinned_ca(server, &Token::parse(token)?).await?;
+        Ok(Self { server: server.to_string(), ca: CertificateDer::from(ca_der) })
     }
 
     /// A channel for enrollments (server-authenticated TLS, no client certificate).
@@ -97,19 +88,7 @@ impl FakeEnvoy {
         let hostname = format!("fleet-{index}");
         let mut seed = [0u8; 32];
         rand::rng().fill_bytes(&mut seed);
-        let key = SigningKey::from_bytes(&seed);
-        let pubkey = key.verifying_key().to_bytes();
-        let proof = key.sign(&vigo_proto::signing::enroll_bytes(token, &hostname, &pubkey));
-        let response = AgentClient::new(channel)
-            .enroll(EnrollRequest {
-                token: token.to_string(),
-                hostname: hostname.clone(),
-                pubkey: pubkey.to_vec(),
-                proof: proof.to_bytes().to_vec(),
-            })
-            .await
-            .map_err(|s| anyhow::anyhow!("enrollment of {hostname} refused: {}", s.message()))?
-            .into_inner();
+        let response = vigo_agent::enroll::request_enrollment(channel, token, &hostname, &seed).await?;
         let bundle_key = VerifyingKey::from_bytes(
             response.bundle_pubkey.as_slice().try_into().context("bundle key is not 32 bytes")?,
         )?;
@@ -119,7 +98,7 @@ impl FakeEnvoy {
             index,
             envoy_id: response.envoy_id,
             hostname,
-            key,
+            key: SigningKey::from_bytes(&seed),
             tls,
             counter: 0,
             fingerprint: Vec::new(),
@@ -219,26 +198,9 @@ impl FakeEnvoy {
 
     /// Verifies a bundle as `envoy` does and takes it; returns its stack version.
     fn accept(&mut self, signed: &SignedBundle, bundle_key: &VerifyingKey) -> anyhow::Result<u64> {
-        let signature = Signature::from_slice(&signed.signature).context("bundle signature malformed")?;
-        bundle_key
-            .verify_strict(&vigo_proto::signing::bundle_bytes(&signed.bundle), &signature)
-            .map_err(|_| anyhow::anyhow!("bundle signature does not verify"))?;
-        if Sha256::digest(&signed.bundle).as_slice() != signed.fingerprint {
-            bail!("bundle fingerprint mismatch");
-        }
-        let bundle = Bundle::decode(signed.bundle.as_slice()).context("bundle does not decode")?;
+        let bundle = vigo_agent::run::verify_bundle(bundle_key, signed)?;
         self.fingerprint = signed.fingerprint.clone();
         self.stack_version = bundle.stack_version;
         Ok(bundle.stack_version)
-    }
-}
-
-/// The next push on `watch`: the stack version now live; `None` when the watch ends. Never
-/// resolves without a watch.
-pub async fn next_push(watch: Option<&mut tonic::Streaming<WatchEvent>>) -> Option<u64> {
-    let Some(watch) = watch else { return std::future::pending().await };
-    match watch.message().await {
-        Ok(Some(WatchEvent { kind: Some(watch_event::Kind::PushRequested(push)) })) => Some(push.stack_version),
-        _ => None,
     }
 }

@@ -109,7 +109,7 @@ impl BundleCache {
                 hostname: hostname.to_string(),
                 reason: format!("traits are not valid JSON: {e}"),
             })?;
-        let bundle = stack.compile_shared(live.version, hostname, &traits).map_err(|e| BundleError::Compile {
+        let bundle = stack.compile(live.version, hostname, &traits).map_err(|e| BundleError::Compile {
             version: live.version,
             hostname: hostname.to_string(),
             reason: one_line(&e.to_string()),

@@ -183,12 +183,7 @@ impl Stack {
     /// The bundle for one envoy. `traits` is a JSON object (may be empty `{}`). Fails when the
     /// merged modules do not fit together for this envoy (a duplicate id, a reference to a
     /// resource outside its bundle, a cycle) or a template fails to render.
-    pub fn compile(&self, version: u64, hostname: &str, traits: &serde_json::Value) -> Result<Bundle, StackErrors> {
-        compile::compile(self, version, hostname, &std::sync::Arc::new(traits.clone()))
-    }
-
-    /// [`Stack::compile`] with traits already shared, so nothing of them is copied.
-    pub fn compile_shared(
+    pub fn compile(
         &self,
         version: u64,
         hostname: &str,

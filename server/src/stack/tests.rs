@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::sync::Arc;
 
 use serde_json::json;
 use vigo_proto::bundle::{Bundle, Resource, resource::Spec};
@@ -29,7 +30,7 @@ fn load_err(files: &[(&str, &str)]) -> Vec<StackError> {
 }
 
 fn compile(stack: &Stack, hostname: &str, traits: serde_json::Value) -> Bundle {
-    stack.compile(7, hostname, &traits).unwrap_or_else(|e| panic!("bundle should compile:\n{e}"))
+    stack.compile(7, hostname, &Arc::new(traits)).unwrap_or_else(|e| panic!("bundle should compile:\n{e}"))
 }
 
 fn ids(bundle: &Bundle) -> Vec<&str> {
@@ -292,7 +293,7 @@ fn templates_see_traits_and_undefined_traits_fail_at_compile() {
     ]);
     let bundle = compile(&stack, "h1", json!({"os": {"family": "debian"}}));
     assert_eq!(file_content(&bundle, "file:/etc/os"), "host h1\nfamily debian\n");
-    let errors = stack.compile(1, "h2", &json!({})).expect_err("traits.os is undefined").0;
+    let errors = stack.compile(1, "h2", &Arc::new(json!({}))).expect_err("traits.os is undefined").0;
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0].file, "modules/m/files/os.j2");
     assert_eq!(errors[0].line, Some(2));
@@ -728,7 +729,7 @@ fn references_across_modules_resolve_only_when_bundled_together() {
     ]);
     let bundle = compile(&stack, "web-1", json!({}));
     assert_eq!(resource(&bundle, "exec:app").requires, ["package:curl"]);
-    let errors = stack.compile(1, "web-2", &json!({})).expect_err("package:curl is not bundled").0;
+    let errors = stack.compile(1, "web-2", &Arc::new(json!({}))).expect_err("package:curl is not bundled").0;
     assert_eq!(errors.len(), 1);
     assert_eq!(errors[0].file, "modules/app/module.yaml");
     assert_eq!(errors[0].line, Some(2));
@@ -753,7 +754,7 @@ fn duplicates_across_modules_are_found_when_they_meet() {
     let apart = "- { match: \"web-*\", modules: [a] }\n- { match: \"*\", modules: [b] }\n";
     let stack = load_ok(&[("assign.yaml", apart), a, b]);
     assert_eq!(compile(&stack, "db-1", json!({})).resources.len(), 2);
-    let errors = stack.compile(1, "web-1", &json!({})).expect_err("duplicate on web-1").0;
+    let errors = stack.compile(1, "web-1", &Arc::new(json!({}))).expect_err("duplicate on web-1").0;
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(errors[0].reason.contains("duplicate resource id \"package:git\""));
 }
