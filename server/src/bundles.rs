@@ -14,6 +14,7 @@ use vigo_proto::bundle::SignedBundle;
 use vigo_state::LiveStack;
 
 use crate::stack::Stack;
+use crate::stack::traits::Traits;
 
 /// Why no bundle could be produced for an envoy.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -85,13 +86,14 @@ impl BundleCache {
     }
 
     /// The signed bundle for an envoy, compiling and signing it on first use. The traits JSON
-    /// is parsed only on a miss: a hit costs one hash-map lookup.
+    /// is read only on a miss, and only as far as the stack reaches into it: a hit costs one
+    /// hash-map lookup.
     pub fn bundle_for(
         &self,
         live: &LiveStack,
         hostname: &str,
         traits_hash: &[u8],
-        traits_json: &str,
+        traits_json: &Arc<str>,
     ) -> Result<Arc<SignedBundle>, BundleError> {
         let key = (hostname.to_string(), traits_hash.to_vec());
         {
@@ -103,12 +105,7 @@ impl BundleCache {
             }
         }
         let stack = self.stack(live)?;
-        let traits: Arc<serde_json::Value> =
-            serde_json::from_str(traits_json).map(Arc::new).map_err(|e| BundleError::Compile {
-                version: live.version,
-                hostname: hostname.to_string(),
-                reason: format!("traits are not valid JSON: {e}"),
-            })?;
+        let traits = Traits::new(traits_json.clone());
         let bundle = stack.compile(live.version, hostname, &traits).map_err(|e| BundleError::Compile {
             version: live.version,
             hostname: hostname.to_string(),

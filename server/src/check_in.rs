@@ -107,6 +107,9 @@ pub fn check_in(
         if serde_json::from_str::<serde::de::IgnoredAny>(&req.traits_json).is_err() {
             return Err(Refusal::Malformed("traits are not valid JSON"));
         }
+        if !req.traits_json.trim_start().starts_with('{') {
+            return Err(Refusal::Malformed("traits must be a JSON object"));
+        }
         Some(Arc::<str>::from(req.traits_json.as_str()))
     };
     let traits_json = match sent_traits.clone() {
@@ -190,9 +193,76 @@ pub fn summarize(run: &RunReport) -> RunSummary {
 
 #[cfg(test)]
 mod tests {
+    use ed25519_dalek::{Signer, SigningKey};
     use prost::Message;
+    use vigo_proto::events::{EnvoyEnrolled, Event, EventProposal, TokenCreated, event::Kind};
 
     use super::*;
+
+    const ENVOY: &str = "e-0000000000000001";
+    const CERT: [u8; 32] = [4; 32];
+
+    fn enrolled(key: &SigningKey) -> ControlState {
+        let kinds = [
+            Kind::TokenCreated(TokenCreated { token_sha256: vec![1; 32], uses: 1, expires_at_ms: 0 }),
+            Kind::EnvoyEnrolled(EnvoyEnrolled {
+                envoy_id: ENVOY.into(),
+                hostname: "web-1".into(),
+                pubkey: key.verifying_key().to_bytes().to_vec(),
+                token_sha256: vec![1; 32],
+                cert_sha256: CERT.to_vec(),
+            }),
+        ];
+        let mut state = ControlState::default();
+        for kind in kinds {
+            let proposal =
+                EventProposal { proposed_at_ms: 1, actor: "test".into(), event: Some(Event { kind: Some(kind) }) };
+            let envelope =
+                vigo_proto::chain::seal(proposal, state.last_index() + 1, state.last_index() + 2, state.last_hash());
+            state.apply(&envelope);
+        }
+        state
+    }
+
+    fn with_traits(key: &SigningKey, counter: u64, traits: &str) -> CheckInRequest {
+        let mut req = CheckInRequest {
+            envoy_id: ENVOY.into(),
+            counter,
+            traits_hash: Sha256::digest(traits.as_bytes()).to_vec(),
+            traits_json: traits.into(),
+            ..Default::default()
+        };
+        req.signature = key.sign(&vigo_proto::signing::check_in_bytes(&req)).to_bytes().to_vec();
+        req
+    }
+
+    #[test]
+    fn traits_that_are_not_a_json_object_are_refused_and_the_stored_ones_kept() {
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let control = enrolled(&key);
+        let fleet = FleetIndex::default();
+        let bundles = BundleCache::new(SigningKey::from_bytes(&[7; 32]));
+        let ctx = CheckInContext { control: &control, fleet: &fleet, bundles: &bundles, check_in_interval_s: 60 };
+        let good = r#"{"os":{"family":"debian"}}"#;
+        check_in(&ctx, Some(CERT), &with_traits(&key, 1, good), 1).unwrap();
+
+        for (counter, bad, why) in [
+            (2, r#"{"os":"#, "traits are not valid JSON"),
+            (3, r#"["debian"]"#, "traits must be a JSON object"),
+            (4, r#""debian""#, "traits must be a JSON object"),
+        ] {
+            let refused = check_in(&ctx, Some(CERT), &with_traits(&key, counter, bad), 2).unwrap_err();
+            assert_eq!(refused.to_string(), format!("bad request: {why}"), "{bad}");
+        }
+        let mut wrong_hash = with_traits(&key, 5, r#"{"os":{}}"#);
+        wrong_hash.traits_hash = Sha256::digest(good.as_bytes()).to_vec();
+        wrong_hash.signature = key.sign(&vigo_proto::signing::check_in_bytes(&wrong_hash)).to_bytes().to_vec();
+        let refused = check_in(&ctx, Some(CERT), &wrong_hash, 2).unwrap_err();
+        assert_eq!(refused.to_string(), "bad request: traits do not match their hash");
+
+        let hash = Sha256::digest(good.as_bytes());
+        assert_eq!(fleet.traits_if_current(ENVOY, &hash).as_deref(), Some(good), "the stored traits are kept");
+    }
 
     #[test]
     fn a_no_change_reply_is_four_bytes_of_protobuf() {

@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 
 use globset::{GlobBuilder, GlobMatcher};
 
+use super::traits::Traits;
 use super::yaml::{self, Node};
 use super::{ASSIGN_FILE, Diag};
 
@@ -36,7 +37,7 @@ struct TraitCondition {
 }
 
 impl AssignEntry {
-    pub fn matches(&self, hostname: &str, traits: &serde_json::Value) -> bool {
+    pub fn matches(&self, hostname: &str, traits: &Traits) -> bool {
         let Some(glob) = &self.glob else { return false };
         glob.is_match(hostname)
             && self.traits.iter().all(|c| trait_string(traits, &c.path).is_some_and(|v| c.values.contains(&v)))
@@ -45,28 +46,18 @@ impl AssignEntry {
 
 /// The trait at a dotted path, as a string. At each level a key equal to the whole remaining
 /// path wins over splitting it, so flat keys like `"os.family"` work too.
-fn trait_string(traits: &serde_json::Value, path: &str) -> Option<String> {
-    let object = traits.as_object()?;
-    if let Some(value) = object.get(path) {
-        return scalar_string(value);
+fn trait_string(traits: &Traits, path: &str) -> Option<String> {
+    if let Some(value) = traits.get(path) {
+        return value.scalar_string();
     }
     for (dot, _) in path.match_indices('.') {
-        if let Some(value) = object.get(&path[..dot])
+        if let Some(value) = traits.get(&path[..dot])
             && let Some(found) = trait_string(value, &path[dot + 1..])
         {
             return Some(found);
         }
     }
     None
-}
-
-fn scalar_string(value: &serde_json::Value) -> Option<String> {
-    match value {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        serde_json::Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
 }
 
 /// Parses `assign.yaml`, reporting every problem; unknown modules are reported and left out.

@@ -8,7 +8,6 @@
 //! the bundle, a cycle, a template variable undefined for this envoy.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use vigo_proto::bundle::{Bundle, FileSpec, Resource, resource::Spec};
 
@@ -16,14 +15,10 @@ use super::graph::{self, Placed};
 
 use super::limits::BUNDLE_CONTENT_BYTES_MAX;
 use super::resource::{FileDef, Ref};
+use super::traits::Traits;
 use super::{Content, Diag, Module, SpecDef, Stack, StackError, StackErrors, template};
 
-pub(crate) fn compile(
-    stack: &Stack,
-    version: u64,
-    hostname: &str,
-    traits: &Arc<serde_json::Value>,
-) -> Result<Bundle, StackErrors> {
+pub(crate) fn compile(stack: &Stack, version: u64, hostname: &str, traits: &Traits) -> Result<Bundle, StackErrors> {
     let mut modules: Vec<&Module> = Vec::new();
     let mut context: Vec<(String, minijinja::Value)> = Vec::new();
     for i in stack.matching_entries(hostname, traits) {
@@ -43,7 +38,7 @@ pub(crate) fn compile(
     }
     context.push(("hostname".to_string(), minijinja::Value::from(hostname)));
     // Traits are read where templates reach them, never converted whole (they carry the inventory).
-    context.push(("traits".to_string(), super::lazy_json::wrap(traits.clone())));
+    context.push(("traits".to_string(), traits.to_template_value()));
     let context = minijinja::Value::from_iter(context);
 
     let placed = graph::place(&modules);

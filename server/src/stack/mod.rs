@@ -16,10 +16,10 @@ mod archive;
 mod assign;
 mod compile;
 mod graph;
-mod lazy_json;
 pub mod limits;
 mod resource;
 mod template;
+pub mod traits;
 mod yaml;
 
 #[cfg(test)]
@@ -33,6 +33,7 @@ use vigo_proto::bundle::Bundle;
 
 use assign::AssignEntry;
 use resource::{Content, ResourceDef, SpecDef};
+use traits::Traits;
 
 /// Name of the file that says which modules apply to which envoys.
 const ASSIGN_FILE: &str = "assign.yaml";
@@ -183,18 +184,13 @@ impl Stack {
     /// The bundle for one envoy. `traits` is a JSON object (may be empty `{}`). Fails when the
     /// merged modules do not fit together for this envoy (a duplicate id, a reference to a
     /// resource outside its bundle, a cycle) or a template fails to render.
-    pub fn compile(
-        &self,
-        version: u64,
-        hostname: &str,
-        traits: &std::sync::Arc<serde_json::Value>,
-    ) -> Result<Bundle, StackErrors> {
+    pub fn compile(&self, version: u64, hostname: &str, traits: &Traits) -> Result<Bundle, StackErrors> {
         compile::compile(self, version, hostname, traits)
     }
 
     /// Which assign entries match (indices into `assign.yaml`'s list), so the server can key
     /// its bundle cache: envoys with the same entries (and template inputs) share a bundle.
-    pub fn matching_entries(&self, hostname: &str, traits: &serde_json::Value) -> Vec<usize> {
+    pub fn matching_entries(&self, hostname: &str, traits: &Traits) -> Vec<usize> {
         self.entries.iter().enumerate().filter(|(_, entry)| entry.matches(hostname, traits)).map(|(i, _)| i).collect()
     }
 

@@ -1,9 +1,9 @@
 //! Tests of the stack compiler: the DESIGN.md example end to end, assign semantics, every
 //! error kind with its file and line (as a table), compile-time checks, and archives.
 
+use super::traits::Traits;
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::sync::Arc;
 
 use serde_json::json;
 use vigo_proto::bundle::{Bundle, Resource, resource::Spec};
@@ -30,7 +30,7 @@ fn load_err(files: &[(&str, &str)]) -> Vec<StackError> {
 }
 
 fn compile(stack: &Stack, hostname: &str, traits: serde_json::Value) -> Bundle {
-    stack.compile(7, hostname, &Arc::new(traits)).unwrap_or_else(|e| panic!("bundle should compile:\n{e}"))
+    stack.compile(7, hostname, &Traits::from_value(&traits)).unwrap_or_else(|e| panic!("bundle should compile:\n{e}"))
 }
 
 fn ids(bundle: &Bundle) -> Vec<&str> {
@@ -158,10 +158,10 @@ fn example_other_hosts_get_base_only() {
     let stack = load_ok(&example());
     let bundle = compile(&stack, "db-1.example.com", json!({"os": {"family": "debian"}}));
     assert_eq!(ids(&bundle), ["file:/etc/motd", "directory:/etc/vigo", "exec:refresh-motd"]);
-    assert_eq!(stack.matching_entries("db-1.example.com", &json!({})), [1]);
-    assert_eq!(stack.matching_entries("web-1.example.com", &json!({})), [0, 1]);
+    assert_eq!(stack.matching_entries("db-1.example.com", &Traits::empty()), [1]);
+    assert_eq!(stack.matching_entries("web-1.example.com", &Traits::empty()), [0, 1]);
     // Hostname globs are case-insensitive.
-    assert_eq!(stack.matching_entries("WEB-2.Example.COM", &json!({})), [0, 1]);
+    assert_eq!(stack.matching_entries("WEB-2.Example.COM", &Traits::empty()), [0, 1]);
 }
 
 #[test]
@@ -210,7 +210,7 @@ fn no_matching_entry_gives_an_empty_bundle() {
     let stack = load_ok(&example_with("assign.yaml", "- { match: \"web-*\", modules: [base] }\n"));
     let bundle = compile(&stack, "db-1", json!({}));
     assert!(bundle.resources.is_empty());
-    assert!(stack.matching_entries("db-1", &json!({})).is_empty());
+    assert!(stack.matching_entries("db-1", &Traits::empty()).is_empty());
 }
 
 /// web-1 matches both entries: `color` from the first, `size` only set by the second.
@@ -280,7 +280,7 @@ fn traits_conditions_narrow_an_entry() {
         (json!({"os": {"family": "debian"}, "cpu": {"count": 4}, "role": "db"}), vec![0, 1]),
     ];
     for (traits, expected) in cases {
-        assert_eq!(stack.matching_entries("h1", &traits), expected, "traits {traits}");
+        assert_eq!(stack.matching_entries("h1", &Traits::from_value(&traits)), expected, "traits {traits}");
     }
 }
 
@@ -293,7 +293,7 @@ fn templates_see_traits_and_undefined_traits_fail_at_compile() {
     ]);
     let bundle = compile(&stack, "h1", json!({"os": {"family": "debian"}}));
     assert_eq!(file_content(&bundle, "file:/etc/os"), "host h1\nfamily debian\n");
-    let errors = stack.compile(1, "h2", &Arc::new(json!({}))).expect_err("traits.os is undefined").0;
+    let errors = stack.compile(1, "h2", &Traits::empty()).expect_err("traits.os is undefined").0;
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0].file, "modules/m/files/os.j2");
     assert_eq!(errors[0].line, Some(2));
@@ -729,7 +729,7 @@ fn references_across_modules_resolve_only_when_bundled_together() {
     ]);
     let bundle = compile(&stack, "web-1", json!({}));
     assert_eq!(resource(&bundle, "exec:app").requires, ["package:curl"]);
-    let errors = stack.compile(1, "web-2", &Arc::new(json!({}))).expect_err("package:curl is not bundled").0;
+    let errors = stack.compile(1, "web-2", &Traits::empty()).expect_err("package:curl is not bundled").0;
     assert_eq!(errors.len(), 1);
     assert_eq!(errors[0].file, "modules/app/module.yaml");
     assert_eq!(errors[0].line, Some(2));
@@ -754,7 +754,7 @@ fn duplicates_across_modules_are_found_when_they_meet() {
     let apart = "- { match: \"web-*\", modules: [a] }\n- { match: \"*\", modules: [b] }\n";
     let stack = load_ok(&[("assign.yaml", apart), a, b]);
     assert_eq!(compile(&stack, "db-1", json!({})).resources.len(), 2);
-    let errors = stack.compile(1, "web-1", &Arc::new(json!({}))).expect_err("duplicate on web-1").0;
+    let errors = stack.compile(1, "web-1", &Traits::empty()).expect_err("duplicate on web-1").0;
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(errors[0].reason.contains("duplicate resource id \"package:git\""));
 }
