@@ -57,6 +57,11 @@ fn signature(c: &mut Criterion) {
     c.bench_function("signature/verify", |b| {
         b.iter(|| verifying.verify_strict(black_box(&vigo_proto::signing::check_in_bytes(&req)), &signature).unwrap())
     });
+    // What caching the decompressed key per envoy saves on every check-in.
+    let compressed = verifying.to_bytes();
+    c.bench_function("signature/decompress_key", |b| {
+        b.iter(|| ed25519_dalek::VerifyingKey::from_bytes(black_box(&compressed)).unwrap())
+    });
 }
 
 fn fleet_index(c: &mut Criterion) {

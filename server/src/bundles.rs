@@ -43,7 +43,9 @@ pub enum BundleError {
 struct Inner {
     version: u64,
     stack: Option<Arc<Stack>>,
-    by_envoy_key: HashMap<(String, Vec<u8>), Arc<SignedBundle>>,
+    /// Per hostname: the traits hash its bundle was compiled for, and the bundle. Looked up by
+    /// `&str`, so a hit allocates nothing.
+    by_hostname: HashMap<String, ([u8; 32], Arc<SignedBundle>)>,
     by_fingerprint: HashMap<[u8; 32], Arc<SignedBundle>>,
 }
 
@@ -95,11 +97,16 @@ impl BundleCache {
         traits_hash: &[u8],
         traits_json: &Arc<str>,
     ) -> Result<Arc<SignedBundle>, BundleError> {
-        let key = (hostname.to_string(), traits_hash.to_vec());
+        let traits_hash: [u8; 32] = traits_hash.try_into().map_err(|_| BundleError::Compile {
+            version: live.version,
+            hostname: hostname.to_string(),
+            reason: "traits hash is not 32 bytes".to_string(),
+        })?;
         {
             let inner = self.lock();
             if inner.version == live.version
-                && let Some(bundle) = inner.by_envoy_key.get(&key)
+                && let Some((hash, bundle)) = inner.by_hostname.get(hostname)
+                && *hash == traits_hash
             {
                 return Ok(bundle.clone());
             }
@@ -126,7 +133,7 @@ impl BundleCache {
                 signed
             }
         };
-        inner.by_envoy_key.insert(key, signed.clone());
+        inner.by_hostname.insert(hostname.to_string(), (traits_hash, signed.clone()));
         Ok(signed)
     }
 
@@ -143,4 +150,65 @@ impl BundleCache {
 
 fn one_line(text: &str) -> String {
     text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live(version: u64, greeting: &str) -> LiveStack {
+        let module = "resources:\n  - { type: file, path: /etc/motd, template: motd.j2 }\n";
+        let template = format!("{greeting} {{{{ hostname }}}} {{{{ traits.os.family }}}}\n");
+        let archive = crate::stack::tests::tar_gz(&[
+            ("assign.yaml", b"- match: \"*\"\n  modules: [base]\n"),
+            ("modules/base/module.yaml", module.as_bytes()),
+            ("modules/base/files/motd.j2", template.as_bytes()),
+        ]);
+        LiveStack {
+            version,
+            sha256: Sha256::digest(&archive).into(),
+            archive: Arc::new(archive),
+            author: "test".into(),
+            message: String::new(),
+            index: version,
+        }
+    }
+
+    fn traits(family: &str) -> (Arc<str>, [u8; 32]) {
+        let json = format!(r#"{{"os":{{"family":"{family}"}}}}"#);
+        let hash = Sha256::digest(json.as_bytes()).into();
+        (Arc::from(json), hash)
+    }
+
+    #[test]
+    fn a_bundle_is_compiled_once_per_hostname_and_traits_and_shared_when_identical() {
+        let cache = BundleCache::new(SigningKey::from_bytes(&[7; 32]));
+        let v1 = live(1, "hello");
+        let (debian, debian_hash) = traits("debian");
+        let first = cache.bundle_for(&v1, "web-1", &debian_hash, &debian).unwrap();
+        let again = cache.bundle_for(&v1, "web-1", &debian_hash, &debian).unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "a hit returns the cached bundle");
+
+        let (rhel, rhel_hash) = traits("rhel");
+        let changed = cache.bundle_for(&v1, "web-1", &rhel_hash, &rhel).unwrap();
+        assert_ne!(changed.fingerprint, first.fingerprint, "new traits compile anew");
+        assert_eq!(cache.n_distinct(), 2);
+
+        let other = cache.bundle_for(&v1, "web-2", &rhel_hash, &rhel).unwrap();
+        assert_ne!(other.fingerprint, changed.fingerprint, "the hostname is in the bundle");
+        assert_eq!(cache.n_distinct(), 3);
+
+        let v2 = live(2, "hi");
+        let newer = cache.bundle_for(&v2, "web-1", &debian_hash, &debian).unwrap();
+        assert_ne!(newer.fingerprint, first.fingerprint);
+        assert_eq!(cache.n_distinct(), 1, "a new stack version drops the old bundles");
+    }
+
+    #[test]
+    fn a_traits_hash_of_the_wrong_length_is_refused_by_name() {
+        let cache = BundleCache::new(SigningKey::from_bytes(&[7; 32]));
+        let (debian, _) = traits("debian");
+        let err = cache.bundle_for(&live(1, "hello"), "web-1", b"short", &debian).unwrap_err();
+        assert_eq!(err.to_string(), "stack version 1 does not compile for web-1: traits hash is not 32 bytes");
+    }
 }

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use ed25519_dalek::{Signature, VerifyingKey};
+use ed25519_dalek::Signature;
 use sha2::{Digest, Sha256};
 use vigo_proto::admin::RunSummary;
 use vigo_proto::agent::resource_result::Status as ResultStatus;
@@ -77,7 +77,7 @@ fn authenticate<'a>(
     if peer_cert_sha256 != Some(envoy.cert_sha256) {
         return Err(Refusal::IdentityMismatch(envoy_id.to_string()));
     }
-    let key = VerifyingKey::from_bytes(&envoy.pubkey).map_err(|_| Refusal::BadSignature(envoy_id.to_string()))?;
+    let key = envoy.verifying_key().ok_or_else(|| Refusal::BadSignature(envoy_id.to_string()))?;
     let signature = Signature::from_slice(signature).map_err(|_| Refusal::BadSignature(envoy_id.to_string()))?;
     key.verify_strict(signed, &signature).map_err(|_| Refusal::BadSignature(envoy_id.to_string()))?;
     ctx.fleet.accept(envoy_id, counter, now_ms)?;

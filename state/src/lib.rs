@@ -11,5 +11,5 @@ pub mod control;
 pub mod fleet;
 
 pub use chain::{ChainError, GENESIS_HASH, envelope_hash, seal, verify_next};
-pub use control::{ControlError, ControlState, EnvoyEntry, LiveStack, TokenEntry};
+pub use control::{ControlError, ControlState, EnvoyEntry, KeyCache, LiveStack, TokenEntry};
 pub use fleet::{EnvoyObservation, FleetIndex, Replay};

@@ -842,7 +842,7 @@ fn yaml_anchors_expand_and_bombs_are_refused() {
     assert!(load_err(&[("assign.yaml", deep_flow)])[0].reason.starts_with("invalid YAML"));
 }
 
-fn tar_gz(entries: &[(&str, &[u8])]) -> Vec<u8> {
+pub(crate) fn tar_gz(entries: &[(&str, &[u8])]) -> Vec<u8> {
     let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default()));
     for (path, bytes) in entries {
         let mut header = tar::Header::new_gnu();
