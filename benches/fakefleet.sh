@@ -25,7 +25,8 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-RUST_LOG="${RUST_LOG:-warn}" "$BIN/vigosrv" run --data-dir "$FLEET_DIR/server" --listen 127.0.0.1:0 \
+# VIGOSRV=path runs another vigosrv build (e.g. one with frame pointers, to profile it).
+RUST_LOG="${RUST_LOG:-warn}" "${VIGOSRV:-$BIN/vigosrv}" run --data-dir "$FLEET_DIR/server" --listen 127.0.0.1:0 \
   --http 127.0.0.1:0 > "$FLEET_DIR/vigosrv.out" 2> "$FLEET_DIR/vigosrv.log" &
 server_pid=$!
 for _ in $(seq 1 200); do

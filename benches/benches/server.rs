@@ -16,7 +16,7 @@ use vigo_server::bundles::BundleCache;
 use vigo_server::check_in::{CheckInContext, check_in};
 use vigo_server::stack::Stack;
 use vigo_server::stack::traits::Traits;
-use vigo_state::{ControlState, FleetIndex};
+use vigo_state::{ControlState, FleetIndex, HeldTraits};
 
 const STACK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/stack");
 const CERT_SHA256: [u8; 32] = [4; 32];
@@ -151,6 +151,7 @@ fn compile(c: &mut Criterion) {
     // from the already parsed stack, encoded, fingerprinted and signed.
     let live = control(&SigningKey::from_bytes(&[9; 32])).stack().cloned().unwrap();
     let bundles = BundleCache::new(SigningKey::from_bytes(&[7; 32]));
+    let fleet = FleetIndex::default();
     let mut host = 0u32;
     c.bench_function("compile/envoy_150k_traits", |b| {
         b.iter_batched(
@@ -158,9 +159,12 @@ fn compile(c: &mut Criterion) {
                 host += 1;
                 let hostname = format!("web-{host}.example.com");
                 let (json, hash) = vigo_benches::inventory::for_host(host, &hostname);
-                (hostname, hash, std::sync::Arc::<str>::from(json))
+                let root = fleet.trait_store().intern_json(&json).unwrap();
+                (hostname, hash, Traits::new(HeldTraits::adopt(fleet.trait_store().clone(), root)))
             },
-            |(hostname, hash, json)| black_box(bundles.bundle_for(&live, &hostname, &hash, &json).unwrap()),
+            |(hostname, hash, traits)| {
+                black_box(bundles.bundle_for(&live, &hostname, &hash, || Some(traits)).unwrap().unwrap())
+            },
             BatchSize::SmallInput,
         )
     });

@@ -87,16 +87,17 @@ impl BundleCache {
         Ok(stack)
     }
 
-    /// The signed bundle for an envoy, compiling and signing it on first use. The traits JSON
-    /// is read only on a miss, and only as far as the stack reaches into it: a hit costs one
-    /// hash-map lookup.
+    /// The signed bundle for an envoy, compiling and signing it on first use. `traits` is
+    /// called only on a miss, and the stack reads only as far as it reaches into them: a hit
+    /// costs one hash-map lookup. `None` when `traits` has none to give (they changed
+    /// meanwhile).
     pub fn bundle_for(
         &self,
         live: &LiveStack,
         hostname: &str,
         traits_hash: &[u8],
-        traits_json: &Arc<str>,
-    ) -> Result<Arc<SignedBundle>, BundleError> {
+        traits: impl FnOnce() -> Option<Traits>,
+    ) -> Result<Option<Arc<SignedBundle>>, BundleError> {
         let traits_hash: [u8; 32] = traits_hash.try_into().map_err(|_| BundleError::Compile {
             version: live.version,
             hostname: hostname.to_string(),
@@ -108,11 +109,11 @@ impl BundleCache {
                 && let Some((hash, bundle)) = inner.by_hostname.get(hostname)
                 && *hash == traits_hash
             {
-                return Ok(bundle.clone());
+                return Ok(Some(bundle.clone()));
             }
         }
         let stack = self.stack(live)?;
-        let traits = Traits::new(traits_json.clone());
+        let Some(traits) = traits() else { return Ok(None) };
         let bundle = stack.compile(live.version, hostname, &traits).map_err(|e| BundleError::Compile {
             version: live.version,
             hostname: hostname.to_string(),
@@ -123,7 +124,7 @@ impl BundleCache {
         let mut inner = self.lock();
         if inner.version != live.version {
             // A newer version arrived while compiling; serve this one without caching it.
-            return Ok(Arc::new(self.sign(encoded, fingerprint)));
+            return Ok(Some(Arc::new(self.sign(encoded, fingerprint))));
         }
         let signed = match inner.by_fingerprint.get(&fingerprint) {
             Some(shared) => shared.clone(),
@@ -134,7 +135,7 @@ impl BundleCache {
             }
         };
         inner.by_hostname.insert(hostname.to_string(), (traits_hash, signed.clone()));
-        Ok(signed)
+        Ok(Some(signed))
     }
 
     fn sign(&self, encoded: Vec<u8>, fingerprint: [u8; 32]) -> SignedBundle {
@@ -174,10 +175,20 @@ mod tests {
         }
     }
 
-    fn traits(family: &str) -> (Arc<str>, [u8; 32]) {
+    fn traits(family: &str) -> (Traits, [u8; 32]) {
         let json = format!(r#"{{"os":{{"family":"{family}"}}}}"#);
         let hash = Sha256::digest(json.as_bytes()).into();
-        (Arc::from(json), hash)
+        (Traits::from_json(&json).unwrap(), hash)
+    }
+
+    fn bundle(
+        cache: &BundleCache,
+        live: &LiveStack,
+        hostname: &str,
+        hash: &[u8],
+        traits: &Traits,
+    ) -> Result<Arc<SignedBundle>, BundleError> {
+        cache.bundle_for(live, hostname, hash, || Some(traits.clone())).map(|b| b.expect("traits given"))
     }
 
     #[test]
@@ -185,21 +196,21 @@ mod tests {
         let cache = BundleCache::new(SigningKey::from_bytes(&[7; 32]));
         let v1 = live(1, "hello");
         let (debian, debian_hash) = traits("debian");
-        let first = cache.bundle_for(&v1, "web-1", &debian_hash, &debian).unwrap();
-        let again = cache.bundle_for(&v1, "web-1", &debian_hash, &debian).unwrap();
+        let first = bundle(&cache, &v1, "web-1", &debian_hash, &debian).unwrap();
+        let again = bundle(&cache, &v1, "web-1", &debian_hash, &debian).unwrap();
         assert!(Arc::ptr_eq(&first, &again), "a hit returns the cached bundle");
 
         let (rhel, rhel_hash) = traits("rhel");
-        let changed = cache.bundle_for(&v1, "web-1", &rhel_hash, &rhel).unwrap();
+        let changed = bundle(&cache, &v1, "web-1", &rhel_hash, &rhel).unwrap();
         assert_ne!(changed.fingerprint, first.fingerprint, "new traits compile anew");
         assert_eq!(cache.n_distinct(), 2);
 
-        let other = cache.bundle_for(&v1, "web-2", &rhel_hash, &rhel).unwrap();
+        let other = bundle(&cache, &v1, "web-2", &rhel_hash, &rhel).unwrap();
         assert_ne!(other.fingerprint, changed.fingerprint, "the hostname is in the bundle");
         assert_eq!(cache.n_distinct(), 3);
 
         let v2 = live(2, "hi");
-        let newer = cache.bundle_for(&v2, "web-1", &debian_hash, &debian).unwrap();
+        let newer = bundle(&cache, &v2, "web-1", &debian_hash, &debian).unwrap();
         assert_ne!(newer.fingerprint, first.fingerprint);
         assert_eq!(cache.n_distinct(), 1, "a new stack version drops the old bundles");
     }
@@ -208,7 +219,7 @@ mod tests {
     fn a_traits_hash_of_the_wrong_length_is_refused_by_name() {
         let cache = BundleCache::new(SigningKey::from_bytes(&[7; 32]));
         let (debian, _) = traits("debian");
-        let err = cache.bundle_for(&live(1, "hello"), "web-1", b"short", &debian).unwrap_err();
+        let err = bundle(&cache, &live(1, "hello"), "web-1", b"short", &debian).unwrap_err();
         assert_eq!(err.to_string(), "stack version 1 does not compile for web-1: traits hash is not 32 bytes");
     }
 }

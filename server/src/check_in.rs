@@ -17,10 +17,11 @@ use vigo_proto::agent::resource_result::Status as ResultStatus;
 use vigo_proto::agent::{
     CheckInRequest, CheckInResponse, NoChange, ReportRequest, RunReport, WatchRequest, check_in_response::Reply,
 };
-use vigo_state::{ControlState, EnvoyEntry, FleetIndex, Replay};
+use vigo_state::{ControlState, EnvoyEntry, FleetIndex, Replay, TraitsError};
 
 use crate::bundles::{BundleCache, BundleError};
 use crate::limits::{REPORT_RUNS_MAX, TRAITS_BYTES_MAX};
+use crate::stack::traits::Traits;
 
 /// What a check-in may touch (I-3).
 pub struct CheckInContext<'a> {
@@ -55,6 +56,9 @@ pub enum Refusal {
     /// Malformed request.
     #[error("bad request: {0}")]
     Malformed(&'static str),
+    /// Traits that cannot be stored.
+    #[error("bad request: {0}")]
+    Traits(#[from] TraitsError),
     /// No bundle could be made.
     #[error(transparent)]
     Bundle(#[from] BundleError),
@@ -103,34 +107,31 @@ pub fn check_in(
         if Sha256::digest(req.traits_json.as_bytes()).as_slice() != req.traits_hash.as_slice() {
             return Err(Refusal::Malformed("traits do not match their hash"));
         }
-        // Checked once, when sent (rarely), so later check-ins can trust what is stored.
-        if serde_json::from_str::<serde::de::IgnoredAny>(&req.traits_json).is_err() {
-            return Err(Refusal::Malformed("traits are not valid JSON"));
-        }
-        if !req.traits_json.trim_start().starts_with('{') {
-            return Err(Refusal::Malformed("traits must be a JSON object"));
-        }
-        Some(Arc::<str>::from(req.traits_json.as_str()))
+        // Parsed and interned once, when sent (rarely); a refused document changes nothing.
+        Some(ctx.fleet.trait_store().intern_json(&req.traits_json)?)
     };
-    let traits_json = match sent_traits.clone() {
-        Some(json) => Some(json),
-        None => ctx.fleet.traits_if_current(&req.envoy_id, &req.traits_hash),
-    };
+    let known = sent_traits.is_some() || ctx.fleet.has_traits(&req.envoy_id, &req.traits_hash);
     ctx.fleet.record_check_in(&req.envoy_id, &req.bundle_fingerprint, &req.traits_hash, sent_traits);
 
     let mut response = CheckInResponse { next_check_in_s: ctx.check_in_interval_s, ..Default::default() };
-    let Some(traits_json) = traits_json else {
+    let ask_for_traits = |mut response: CheckInResponse| {
         // Unknown traits: ask for them, and check in again at once.
         response.send_traits = true;
         response.next_check_in_s = 0;
         response.reply = Some(Reply::NoChange(NoChange {}));
-        return Ok(response);
+        Ok(response)
     };
+    if !known {
+        return ask_for_traits(response);
+    }
     let Some(live) = ctx.control.stack() else {
         response.reply = Some(Reply::NoChange(NoChange {}));
         return Ok(response);
     };
-    let bundle = ctx.bundles.bundle_for(live, &envoy.hostname, &req.traits_hash, &traits_json)?;
+    let traits = || ctx.fleet.traits_if_current(&req.envoy_id, &req.traits_hash).map(Traits::new);
+    let Some(bundle) = ctx.bundles.bundle_for(live, &envoy.hostname, &req.traits_hash, traits)? else {
+        return ask_for_traits(response);
+    };
     response.reply = Some(if bundle.fingerprint == req.bundle_fingerprint {
         Reply::NoChange(NoChange {})
     } else {
@@ -251,8 +252,9 @@ mod tests {
             (3, r#"["debian"]"#, "traits must be a JSON object"),
             (4, r#""debian""#, "traits must be a JSON object"),
         ] {
-            let refused = check_in(&ctx, Some(CERT), &with_traits(&key, counter, bad), 2).unwrap_err();
-            assert_eq!(refused.to_string(), format!("bad request: {why}"), "{bad}");
+            let refused = check_in(&ctx, Some(CERT), &with_traits(&key, counter, bad), 2).unwrap_err().to_string();
+            assert!(refused.starts_with(&format!("bad request: {why}")), "{bad}: {refused}");
+            assert_eq!(refused.lines().count(), 1);
         }
         let mut wrong_hash = with_traits(&key, 5, r#"{"os":{}}"#);
         wrong_hash.traits_hash = Sha256::digest(good.as_bytes()).to_vec();
@@ -261,7 +263,10 @@ mod tests {
         assert_eq!(refused.to_string(), "bad request: traits do not match their hash");
 
         let hash = Sha256::digest(good.as_bytes());
-        assert_eq!(fleet.traits_if_current(ENVOY, &hash).as_deref(), Some(good), "the stored traits are kept");
+        let kept = fleet.traits_if_current(ENVOY, &hash).expect("the stored traits are kept");
+        assert_eq!(fleet.trait_store().to_json(kept.root()), good);
+        drop(kept);
+        assert_eq!(fleet.trait_store().stats().nodes, 5, "nothing of the refused documents is left");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use tonic::Status;
 use vigo_log::LogError;
-use vigo_state::ControlError;
+use vigo_state::{ControlError, TraitsError};
 
 use crate::check_in::Refusal;
 use crate::node::WriteError;
@@ -16,6 +16,8 @@ impl From<Refusal> for Status {
             }
             Refusal::Revoked(_) | Refusal::Replay(_) => Status::permission_denied(msg),
             Refusal::Malformed(_) => Status::invalid_argument(msg),
+            Refusal::Traits(TraitsError::Full) => Status::resource_exhausted(msg),
+            Refusal::Traits(_) => Status::invalid_argument(msg),
             Refusal::Bundle(_) => Status::failed_precondition(msg),
         }
     }

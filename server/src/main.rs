@@ -5,6 +5,11 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+/// jemalloc: it hands memory freed after bursts (traits uploads, publishes) back to the system,
+/// and reports the live heap for `/metrics`.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(name = "vigosrv", version, about = "Vigo control-plane server")]
 struct Cli {

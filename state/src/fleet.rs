@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use vigo_proto::admin::RunSummary;
 
+use crate::traits::{HeldTraits, NodeId, TraitStore};
+
 /// Number of independently locked shards; a power of two well above the core count keeps
 /// two check-ins from waiting on each other.
 const N_SHARDS: usize = 64;
@@ -24,8 +26,9 @@ pub struct EnvoyObservation {
     pub last_counter: u64,
     /// Hash of the traits it last sent.
     pub traits_hash: Vec<u8>,
-    /// Its traits as JSON, once sent.
-    pub traits_json: Option<Arc<str>>,
+    /// Its traits, interned in the fleet's [`TraitStore`], once sent. The observation holds
+    /// one reference to this root.
+    pub traits: Option<NodeId>,
     /// Fingerprint of the bundle it reported holding.
     pub bundle_fingerprint: Vec<u8>,
     /// Summary of its last reported run.
@@ -49,15 +52,25 @@ pub struct Replay {
 pub struct FleetIndex {
     shards: Vec<Mutex<HashMap<Arc<str>, EnvoyObservation>>>,
     hasher: RandomState,
+    traits: Arc<TraitStore>,
 }
 
 impl Default for FleetIndex {
     fn default() -> Self {
-        Self { shards: (0..N_SHARDS).map(|_| Mutex::new(HashMap::new())).collect(), hasher: RandomState::new() }
+        Self {
+            shards: (0..N_SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            traits: Arc::new(TraitStore::default()),
+        }
     }
 }
 
 impl FleetIndex {
+    /// The store the envoys' traits are interned in.
+    pub fn trait_store(&self) -> &Arc<TraitStore> {
+        &self.traits
+    }
+
     fn shard(&self, envoy_id: &str) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, EnvoyObservation>> {
         let shard = &self.shards[(self.hasher.hash_one(envoy_id) as usize) % N_SHARDS];
         // A panic while holding a shard leaves plain data behind; keep serving it.
@@ -79,31 +92,49 @@ impl FleetIndex {
         Ok(())
     }
 
-    /// Records what the envoy said it holds, and its traits when it sent them.
+    /// Records what the envoy said it holds, and its traits when it sent them: `traits` is a
+    /// root interned in [`Self::trait_store`] whose reference passes to the index (the
+    /// previous root's is given back).
     pub fn record_check_in(
         &self,
         envoy_id: &str,
         bundle_fingerprint: &[u8],
         traits_hash: &[u8],
-        traits_json: Option<Arc<str>>,
+        traits: Option<NodeId>,
     ) {
         let mut shard = self.shard(envoy_id);
-        if let Some(obs) = shard.get_mut(envoy_id) {
-            if obs.bundle_fingerprint != bundle_fingerprint {
-                obs.bundle_fingerprint = bundle_fingerprint.to_vec();
+        let Some(obs) = shard.get_mut(envoy_id) else {
+            if let Some(root) = traits {
+                self.traits.release(root);
             }
-            if let Some(json) = traits_json {
-                obs.traits_hash = traits_hash.to_vec();
-                obs.traits_json = Some(json);
+            return;
+        };
+        if obs.bundle_fingerprint != bundle_fingerprint {
+            obs.bundle_fingerprint = bundle_fingerprint.to_vec();
+        }
+        if let Some(root) = traits {
+            obs.traits_hash = traits_hash.to_vec();
+            if let Some(old) = obs.traits.replace(root) {
+                // Under the shard lock, so no reader can be retaining `old` meanwhile.
+                self.traits.release(old);
             }
         }
     }
 
-    /// The traits last sent by the envoy, if their hash is `traits_hash`.
-    pub fn traits_if_current(&self, envoy_id: &str, traits_hash: &[u8]) -> Option<Arc<str>> {
+    /// Whether the envoy's stored traits are the ones hashing to `traits_hash`.
+    pub fn has_traits(&self, envoy_id: &str, traits_hash: &[u8]) -> bool {
+        let shard = self.shard(envoy_id);
+        shard.get(envoy_id).is_some_and(|obs| obs.traits.is_some() && obs.traits_hash == traits_hash)
+    }
+
+    /// A reference to the traits last sent by the envoy, if their hash is `traits_hash`.
+    pub fn traits_if_current(&self, envoy_id: &str, traits_hash: &[u8]) -> Option<HeldTraits> {
         let shard = self.shard(envoy_id);
         let obs = shard.get(envoy_id)?;
-        if obs.traits_hash == traits_hash { obs.traits_json.clone() } else { None }
+        let root = obs.traits.filter(|_| obs.traits_hash == traits_hash)?;
+        // Retained under the shard lock: `record_check_in` cannot release it in between.
+        self.traits.retain(root);
+        Some(HeldTraits::adopt(self.traits.clone(), root))
     }
 
     /// Records a reported run.
@@ -166,12 +197,27 @@ mod tests {
     }
 
     #[test]
-    fn traits_are_kept_with_their_hash() {
+    fn traits_are_kept_with_their_hash_and_replaced_ones_released() {
         let fleet = FleetIndex::default();
+        let store = fleet.trait_store().clone();
         fleet.accept("e1", 1, 1).unwrap();
-        fleet.record_check_in("e1", b"fp", b"h1", Some(Arc::from("{\"a\":1}")));
-        assert_eq!(fleet.traits_if_current("e1", b"h1").as_deref(), Some("{\"a\":1}"));
-        assert_eq!(fleet.traits_if_current("e1", b"h2"), None);
+        fleet.record_check_in("e1", b"fp", b"h1", Some(store.intern_json(r#"{"a":1}"#).unwrap()));
+        let held = fleet.traits_if_current("e1", b"h1").unwrap();
+        assert_eq!(store.to_json(held.root()), r#"{"a":1}"#);
+        assert!(fleet.has_traits("e1", b"h1"));
+        assert!(fleet.traits_if_current("e1", b"h2").is_none());
+        assert!(!fleet.has_traits("e1", b"h2"));
+
+        // New traits replace the old; the old document lives on while a compile still holds it.
+        fleet.record_check_in("e1", b"fp", b"h2", Some(store.intern_json(r#"{"b":2}"#).unwrap()));
+        assert_eq!(store.to_json(held.root()), r#"{"a":1}"#);
+        drop(held);
+        assert_eq!(store.to_json(fleet.traits_if_current("e1", b"h2").unwrap().root()), r#"{"b":2}"#);
+        assert_eq!(store.stats().nodes, 3, "only {{\"b\":2}}, \"b\" and 2 are left");
+
+        // Traits for an envoy never accepted are given back at once.
+        fleet.record_check_in("e9", b"fp", b"h1", Some(store.intern_json(r#"{"c":3}"#).unwrap()));
+        assert_eq!(store.stats().nodes, 3);
     }
 
     #[test]

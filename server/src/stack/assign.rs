@@ -52,7 +52,7 @@ fn trait_string(traits: &Traits, path: &str) -> Option<String> {
     }
     for (dot, _) in path.match_indices('.') {
         if let Some(value) = traits.get(&path[..dot])
-            && let Some(found) = trait_string(value, &path[dot + 1..])
+            && let Some(found) = trait_string(&value, &path[dot + 1..])
         {
             return Some(found);
         }

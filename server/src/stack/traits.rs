@@ -1,158 +1,132 @@
-//! An envoy's traits as the stack reads them: straight from the JSON text, one level at a time.
+//! An envoy's traits as the stack reads them: straight from the fleet's interned store.
 //!
-//! Traits run to ~150 KB (the package inventory) and templates read a handful of keys, so
-//! turning the whole text into a tree for every bundle compiled would cost more than the
-//! compile itself (~640 µs against ~95 µs to scan the top level, on the reference machine).
-//! A node here is the span of one JSON value in the shared text; an object or array is split
-//! into its members the first time something reaches into it, and those members are kept.
-//! The text was checked to be JSON when the envoy sent it; a member that still fails to parse
-//! reads as absent.
+//! Traits run to ~150 KB (the package inventory) and templates read a handful of keys. The
+//! document is already interned in the fleet's [`TraitStore`] (one node per distinct value),
+//! so a compile reads the members it reaches and converts nothing else. The compile holds a
+//! reference to the document's root ([`HeldTraits`]), so a newer upload from the same envoy
+//! cannot free it halfway.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use minijinja::value::{Enumerator, Object, ObjectRepr};
-use serde_json::value::RawValue;
+use vigo_state::{HeldTraits, NodeId, NodeKind, TraitNode, TraitStore, TraitsError};
 
-/// A JSON document (or one value inside it), read lazily. Cloning is cheap.
+/// One value inside a held traits document. Cloning is cheap.
 #[derive(Debug, Clone)]
-pub struct Traits(Arc<Node>);
-
-#[derive(Debug)]
-struct Node {
-    text: Arc<str>,
-    start: usize,
-    end: usize,
-    members: OnceLock<Members>,
-}
-
-#[derive(Debug)]
-enum Members {
-    Object(BTreeMap<String, Traits>),
-    Array(Vec<Traits>),
-    None,
+pub struct Traits {
+    doc: Arc<HeldTraits>,
+    node: NodeId,
 }
 
 impl Traits {
-    /// The document `text`, which must hold one JSON value.
-    pub fn new(text: Arc<str>) -> Self {
-        let end = text.len();
-        Traits::span(text, 0, end)
+    /// The whole document held by `doc`.
+    pub fn new(doc: HeldTraits) -> Self {
+        let node = doc.root();
+        Self { doc: Arc::new(doc), node }
+    }
+
+    /// A document of its own, from JSON text (tests, benchmarks, local tools).
+    pub fn from_json(text: &str) -> Result<Self, TraitsError> {
+        let store = Arc::new(TraitStore::default());
+        let root = store.intern_json(text)?;
+        Ok(Traits::new(HeldTraits::adopt(store, root)))
+    }
+
+    /// A document of its own, from an already parsed value (tests, benchmarks, local tools).
+    pub fn from_value(value: &serde_json::Value) -> Self {
+        Traits::from_json(&value.to_string()).expect("a JSON object")
     }
 
     /// An empty object: for envoys that sent no traits yet.
     pub fn empty() -> Self {
-        Traits::new(Arc::from("{}"))
+        Traits::from_json("{}").expect("an empty object")
     }
 
-    /// A document from an already parsed value (tests, benchmarks, local tools).
-    pub fn from_value(value: &serde_json::Value) -> Self {
-        Traits::new(Arc::from(value.to_string()))
+    fn store(&self) -> &TraitStore {
+        self.doc.store()
     }
 
-    fn span(text: Arc<str>, start: usize, end: usize) -> Self {
-        Traits(Arc::new(Node { text, start, end, members: OnceLock::new() }))
-    }
-
-    fn raw(&self) -> &str {
-        self.0.text[self.0.start..self.0.end].trim()
-    }
-
-    fn is_object(&self) -> bool {
-        self.raw().starts_with('{')
-    }
-
-    fn is_array(&self) -> bool {
-        self.raw().starts_with('[')
-    }
-
-    fn members(&self) -> &Members {
-        self.0.members.get_or_init(|| {
-            let raw = &self.0.text[self.0.start..self.0.end];
-            let child = |value: &RawValue| {
-                // `value` borrows from `raw`, itself a slice of the shared text.
-                let start = value.get().as_ptr() as usize - self.0.text.as_ptr() as usize;
-                Traits::span(self.0.text.clone(), start, start + value.get().len())
-            };
-            if self.is_object() {
-                match serde_json::from_str::<BTreeMap<String, &RawValue>>(raw) {
-                    Ok(map) => Members::Object(map.into_iter().map(|(k, v)| (k, child(v))).collect()),
-                    Err(_) => Members::None,
-                }
-            } else if self.is_array() {
-                match serde_json::from_str::<Vec<&RawValue>>(raw) {
-                    Ok(items) => Members::Array(items.into_iter().map(child).collect()),
-                    Err(_) => Members::None,
-                }
-            } else {
-                Members::None
-            }
-        })
+    fn at(&self, node: NodeId) -> Traits {
+        Traits { doc: self.doc.clone(), node }
     }
 
     /// The member `key` of an object.
-    pub fn get(&self, key: &str) -> Option<&Traits> {
-        match self.members() {
-            Members::Object(map) => map.get(key),
-            _ => None,
-        }
+    pub fn get(&self, key: &str) -> Option<Traits> {
+        self.store().member(self.node, key).map(|node| self.at(node))
     }
 
     /// A string, number or boolean as text; `None` for anything else.
     pub fn scalar_string(&self) -> Option<String> {
-        match serde_json::from_str::<serde_json::Value>(self.raw()).ok()? {
-            serde_json::Value::String(s) => Some(s),
-            serde_json::Value::Number(n) => Some(n.to_string()),
-            serde_json::Value::Bool(b) => Some(b.to_string()),
+        if matches!(self.store().kind(self.node), NodeKind::Array | NodeKind::Object) {
+            return None;
+        }
+        match self.store().node(self.node) {
+            TraitNode::String(s) | TraitNode::Number(s) => Some(s.into()),
+            TraitNode::Bool(b) => Some(b.to_string()),
             _ => None,
         }
     }
 
     /// As a template value: objects and arrays stay lazy, scalars are converted.
     pub(crate) fn to_template_value(&self) -> minijinja::Value {
-        if self.is_object() || self.is_array() {
-            minijinja::Value::from_object(Shown(self.clone()))
-        } else {
-            match serde_json::from_str::<serde_json::Value>(self.raw()) {
-                Ok(value) => minijinja::Value::from_serialize(value),
+        if matches!(self.store().kind(self.node), NodeKind::Array | NodeKind::Object) {
+            return minijinja::Value::from_object(Shown(self.clone()));
+        }
+        match self.store().node(self.node) {
+            TraitNode::Null => minijinja::Value::from(()),
+            TraitNode::Bool(b) => minijinja::Value::from(b),
+            TraitNode::String(s) => minijinja::Value::from(&*s),
+            TraitNode::Number(n) => match serde_json::from_str::<serde_json::Number>(&n) {
+                Ok(number) => minijinja::Value::from_serialize(number),
                 Err(_) => minijinja::Value::UNDEFINED,
-            }
+            },
+            TraitNode::Array(_) | TraitNode::Object(_) => minijinja::Value::from_object(Shown(self.clone())),
         }
     }
 }
 
-/// The template-facing side of a node; holds the `Traits` handle it shows.
+/// An object or array node as templates see it.
 #[derive(Debug)]
 struct Shown(Traits);
 
 impl Object for Shown {
     fn repr(self: &Arc<Self>) -> ObjectRepr {
-        if self.0.is_array() { ObjectRepr::Seq } else { ObjectRepr::Map }
+        match self.0.store().kind(self.0.node) {
+            NodeKind::Array => ObjectRepr::Seq,
+            _ => ObjectRepr::Map,
+        }
     }
 
     fn get_value(self: &Arc<Self>, key: &minijinja::Value) -> Option<minijinja::Value> {
-        match self.0.members() {
-            Members::Object(map) => map.get(key.as_str()?).map(Traits::to_template_value),
-            Members::Array(items) => {
+        let store = self.0.store();
+        match store.kind(self.0.node) {
+            NodeKind::Object => self.0.get(key.as_str()?).map(|v| v.to_template_value()),
+            NodeKind::Array => {
                 let i = i64::try_from(key.clone()).ok()?;
-                let i = if i < 0 { i + items.len() as i64 } else { i };
-                usize::try_from(i).ok().and_then(|i| items.get(i)).map(Traits::to_template_value)
+                let i = if i < 0 { i + store.len(self.0.node) as i64 } else { i };
+                let node = store.item(self.0.node, usize::try_from(i).ok()?)?;
+                Some(self.0.at(node).to_template_value())
             }
-            Members::None => None,
+            _ => None,
         }
     }
 
     fn enumerate(self: &Arc<Self>) -> Enumerator {
-        match self.0.members() {
-            Members::Object(map) => {
-                let keys: Vec<minijinja::Value> = map.keys().map(|k| minijinja::Value::from(k.as_str())).collect();
+        let store = self.0.store();
+        match store.kind(self.0.node) {
+            NodeKind::Object => {
+                let keys: Vec<minijinja::Value> =
+                    store.members(self.0.node).into_iter().map(|(k, _)| minijinja::Value::from(k)).collect();
                 Enumerator::Iter(Box::new(keys.into_iter()))
             }
-            Members::Array(items) => {
-                let values: Vec<minijinja::Value> = items.iter().map(Traits::to_template_value).collect();
+            NodeKind::Array => {
+                let values: Vec<minijinja::Value> = (0..store.len(self.0.node))
+                    .filter_map(|i| store.item(self.0.node, i))
+                    .map(|node| self.0.at(node).to_template_value())
+                    .collect();
                 Enumerator::Iter(Box::new(values.into_iter()))
             }
-            Members::None => Enumerator::Empty,
+            _ => Enumerator::Empty,
         }
     }
 }
@@ -178,8 +152,9 @@ mod tests {
             "os": { "family": "debian", "release": "12" },
             "ips": ["10.0.0.1", "10.0.0.2"],
             "packages": { "nginx": { "version": "1.22" }, "a/b~c": { "version": "1" } },
-            "cpu": { "count": 4 },
+            "cpu": { "count": 4, "ghz": 2.5 },
             "virtual": false,
+            "none": null,
         });
         assert_eq!(render("{{ traits.os.family }} {{ traits['os']['release'] }}", doc.clone()), "debian 12");
         assert_eq!(
@@ -189,8 +164,9 @@ mod tests {
         assert_eq!(render("{% for ip in traits.ips %}{{ ip }};{% endfor %}", doc.clone()), "10.0.0.1;10.0.0.2;");
         assert_eq!(render("{% for k in traits.packages %}{{ k }},{% endfor %}", doc.clone()), "a/b~c,nginx,");
         assert_eq!(render("{{ traits.packages['a/b~c'].version }}", doc.clone()), "1");
-        assert_eq!(render("{{ traits.cpu.count * 2 }}", doc.clone()), "8");
+        assert_eq!(render("{{ traits.cpu.count * 2 }} {{ traits.cpu.ghz * 2 }}", doc.clone()), "8 5.0");
         assert_eq!(render("{% if not traits.virtual %}metal{% endif %}", doc.clone()), "metal");
+        assert_eq!(render("{{ traits.none is none }}", doc.clone()), "True");
         assert_eq!(
             render("{{ 'nginx' in traits.packages }} {{ 'vim' in traits.packages }}", doc.clone()),
             "True False"
@@ -212,20 +188,14 @@ mod tests {
     }
 
     #[test]
-    fn members_are_read_from_the_text_with_escapes_and_whitespace() {
+    fn members_are_read_with_escapes_and_scalars_as_text() {
         let traits =
-            Traits::new(Arc::from(" { \"a\\\"b\" : { \"n\" : 1.5 } , \"s\": \"x\\ny\", \"t\": true, \"z\": null } "));
-        assert_eq!(traits.get("a\"b").and_then(|v| v.get("n")).and_then(Traits::scalar_string).as_deref(), Some("1.5"));
-        assert_eq!(traits.get("s").and_then(Traits::scalar_string).as_deref(), Some("x\ny"));
-        assert_eq!(traits.get("t").and_then(Traits::scalar_string).as_deref(), Some("true"));
-        assert_eq!(traits.get("z").and_then(Traits::scalar_string), None);
+            Traits::from_json(" { \"a\\\"b\" : { \"n\" : 1.5 } , \"s\": \"x\\ny\", \"t\": true, \"z\": null } ")
+                .unwrap();
+        assert_eq!(traits.get("a\"b").and_then(|v| v.get("n")).and_then(|v| v.scalar_string()).as_deref(), Some("1.5"));
+        assert_eq!(traits.get("s").and_then(|v| v.scalar_string()).as_deref(), Some("x\ny"));
+        assert_eq!(traits.get("t").and_then(|v| v.scalar_string()).as_deref(), Some("true"));
+        assert_eq!(traits.get("z").and_then(|v| v.scalar_string()), None);
         assert!(traits.get("missing").is_none());
-    }
-
-    #[test]
-    fn broken_text_reads_as_absent_never_as_a_panic() {
-        let traits = Traits::new(Arc::from("{\"a\": {\"b\": }"));
-        assert!(traits.get("a").is_none());
-        assert!(Traits::new(Arc::from("")).get("a").is_none());
     }
 }

@@ -1,0 +1,537 @@
+//! `TraitStore`: every distinct JSON value the fleet reported as traits, stored once.
+//!
+//! Envoys send ~150 KB of traits each (the package inventory), and most of it is the same on
+//! most hosts: the same package at the same version is the same object everywhere. The store
+//! interns values bottom-up (hash-consing): a string, number, array or object that is already
+//! held is shared, so a host costs only what is its own (its set of packages, the values no
+//! other host has). Objects keep their members sorted by key, so equal objects are equal
+//! nodes whatever order the envoy wrote them in.
+//!
+//! Nodes are reference-counted: each envoy holds its root, each array or object holds its
+//! members, and a node whose count falls to zero is freed with whatever only it held.
+//!
+//! **Architecture Invariant (I-3):** one `RwLock` guards the arena, held for one intern or one
+//! lookup at a time and never across an `.await`. Parsing happens under the write lock (it is
+//! interning), which costs about a millisecond per 150 KB document, once per traits change.
+
+use std::fmt;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use hashbrown::HashTable;
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+/// Index of a node in the arena.
+pub type NodeId = u32;
+
+/// One interned JSON value. Members of arrays and objects are nodes themselves.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Node {
+    /// `null`.
+    Null,
+    /// `true` or `false`.
+    Bool(bool),
+    /// A number, as JSON text in serde_json's form (`1.50` becomes `1.5`, `1e3` becomes `1000.0`).
+    Number(Box<str>),
+    /// A string.
+    String(Box<str>),
+    /// An array's items.
+    Array(Box<[NodeId]>),
+    /// An object's members as `[key, value, key, value, ...]`, sorted by key; keys are
+    /// `String` nodes.
+    Object(Box<[NodeId]>),
+}
+
+impl Node {
+    fn children(&self) -> &[NodeId] {
+        match self {
+            Node::Array(ids) | Node::Object(ids) => ids,
+            _ => &[],
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        match self {
+            Node::Number(s) | Node::String(s) => s.len(),
+            Node::Array(ids) | Node::Object(ids) => ids.len() * size_of::<NodeId>(),
+            _ => 0,
+        }
+    }
+}
+
+/// The kind of a [`Node`], without its contents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeKind {
+    /// `null`.
+    Null,
+    /// `true` or `false`.
+    Bool,
+    /// A number.
+    Number,
+    /// A string.
+    String,
+    /// An array.
+    Array,
+    /// An object.
+    Object,
+}
+
+/// Why a traits document was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TraitsError {
+    /// Not JSON.
+    #[error("traits are not valid JSON: {0}")]
+    Json(String),
+    /// JSON, but not an object at the top.
+    #[error("traits must be a JSON object")]
+    NotAnObject,
+    /// The store is full (more distinct values than a `NodeId` can name).
+    #[error("the trait store is full")]
+    Full,
+}
+
+#[derive(Default)]
+struct Arena {
+    nodes: Vec<Node>,
+    refs: Vec<u32>,
+    free: Vec<NodeId>,
+    table: HashTable<NodeId>,
+    hasher: RandomState,
+    heap_bytes: usize,
+}
+
+impl Arena {
+    fn hash(&self, node: &Node) -> u64 {
+        self.hasher.hash_one(node)
+    }
+
+    /// The id of `node`, adding it when new; the caller gets one reference. When the node
+    /// already existed, the references its children were given for building it go back.
+    fn intern(&mut self, node: Node) -> Result<NodeId, TraitsError> {
+        let hash = self.hash(&node);
+        let nodes = &self.nodes;
+        if let Some(&id) = self.table.find(hash, |&id| nodes[id as usize] == node) {
+            self.refs[id as usize] += 1;
+            for &child in node.children() {
+                self.release(child);
+            }
+            return Ok(id);
+        }
+        let id = match self.free.pop() {
+            Some(id) => id,
+            None => {
+                let id = NodeId::try_from(self.nodes.len()).map_err(|_| TraitsError::Full)?;
+                self.nodes.push(Node::Null);
+                self.refs.push(0);
+                id
+            }
+        };
+        self.heap_bytes += node.heap_bytes();
+        self.nodes[id as usize] = node;
+        self.refs[id as usize] = 1;
+        let (nodes, hasher) = (&self.nodes, &self.hasher);
+        self.table.insert_unique(hash, id, |&id| hasher.hash_one(&nodes[id as usize]));
+        Ok(id)
+    }
+
+    /// Drops one reference to `id`, freeing it and what only it held when none are left.
+    fn release(&mut self, id: NodeId) {
+        let mut pending = vec![id];
+        while let Some(id) = pending.pop() {
+            let refs = &mut self.refs[id as usize];
+            *refs -= 1;
+            if *refs > 0 {
+                continue;
+            }
+            let hash = self.hash(&self.nodes[id as usize]);
+            if let Ok(entry) = self.table.find_entry(hash, |&other| other == id) {
+                entry.remove();
+            }
+            let node = std::mem::replace(&mut self.nodes[id as usize], Node::Null);
+            self.heap_bytes -= node.heap_bytes();
+            pending.extend_from_slice(node.children());
+            self.free.push(id);
+        }
+    }
+
+    fn string_of(&self, id: NodeId) -> &str {
+        match &self.nodes[id as usize] {
+            Node::String(s) => s,
+            _ => "",
+        }
+    }
+}
+
+/// The fleet's interned traits. See the module docs.
+#[derive(Default)]
+pub struct TraitStore {
+    arena: RwLock<Arena>,
+}
+
+impl fmt::Debug for TraitStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let stats = self.stats();
+        f.debug_struct("TraitStore").field("nodes", &stats.nodes).field("heap_bytes", &stats.heap_bytes).finish()
+    }
+}
+
+/// Size of the store, for `/metrics` and benchmarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Distinct values held.
+    pub nodes: usize,
+    /// Bytes of their strings, numbers and member lists (the slots themselves not counted).
+    pub heap_bytes: usize,
+}
+
+impl TraitStore {
+    fn write(&self) -> RwLockWriteGuard<'_, Arena> {
+        self.arena.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Arena> {
+        self.arena.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Interns a traits document, which must be a JSON object; returns its root with one
+    /// reference for the caller. A refused document leaves the store as it was.
+    pub fn intern_json(&self, text: &str) -> Result<NodeId, TraitsError> {
+        let mut arena = self.write();
+        let mut de = serde_json::Deserializer::from_str(text);
+        let mut building = Building { arena: &mut arena, held: Vec::new() };
+        let root = match (&mut building).deserialize(&mut de).and_then(|root| de.end().map(|()| root)) {
+            Ok(root) => root,
+            Err(e) => {
+                // Give back what the partial document took.
+                for id in std::mem::take(&mut building.held) {
+                    arena.release(id);
+                }
+                return Err(TraitsError::Json(e.to_string()));
+            }
+        };
+        if !matches!(arena.nodes[root as usize], Node::Object(_)) {
+            arena.release(root);
+            return Err(TraitsError::NotAnObject);
+        }
+        Ok(root)
+    }
+
+    /// Takes one more reference to `id` (a node the caller holds a reference to).
+    pub fn retain(&self, id: NodeId) {
+        self.write().refs[id as usize] += 1;
+    }
+
+    /// Gives back one reference to `id`.
+    pub fn release(&self, id: NodeId) {
+        self.write().release(id);
+    }
+
+    /// A copy of node `id`.
+    pub fn node(&self, id: NodeId) -> Node {
+        self.read().nodes[id as usize].clone()
+    }
+
+    /// What kind of value node `id` is.
+    pub fn kind(&self, id: NodeId) -> NodeKind {
+        match &self.read().nodes[id as usize] {
+            Node::Null => NodeKind::Null,
+            Node::Bool(_) => NodeKind::Bool,
+            Node::Number(_) => NodeKind::Number,
+            Node::String(_) => NodeKind::String,
+            Node::Array(_) => NodeKind::Array,
+            Node::Object(_) => NodeKind::Object,
+        }
+    }
+
+    /// Item `i` of array `id`.
+    pub fn item(&self, id: NodeId, i: usize) -> Option<NodeId> {
+        match &self.read().nodes[id as usize] {
+            Node::Array(items) => items.get(i).copied(),
+            _ => None,
+        }
+    }
+
+    /// Number of items of an array, or members of an object; 0 for anything else.
+    pub fn len(&self, id: NodeId) -> usize {
+        match &self.read().nodes[id as usize] {
+            Node::Array(items) => items.len(),
+            Node::Object(members) => members.len() / 2,
+            _ => 0,
+        }
+    }
+
+    /// The member `key` of object `id`.
+    pub fn member(&self, id: NodeId, key: &str) -> Option<NodeId> {
+        let arena = self.read();
+        let Node::Object(members) = &arena.nodes[id as usize] else { return None };
+        let (mut lo, mut hi) = (0, members.len() / 2);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            match arena.string_of(members[2 * mid]).cmp(key) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Some(members[2 * mid + 1]),
+            }
+        }
+        None
+    }
+
+    /// The keys of object `id`, in order, with their values.
+    pub fn members(&self, id: NodeId) -> Vec<(String, NodeId)> {
+        let arena = self.read();
+        match &arena.nodes[id as usize] {
+            Node::Object(members) => {
+                members.chunks_exact(2).map(|kv| (arena.string_of(kv[0]).to_string(), kv[1])).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The document under `id` as JSON text (keys sorted).
+    pub fn to_json(&self, id: NodeId) -> String {
+        fn write(arena: &Arena, id: NodeId, out: &mut String) {
+            match &arena.nodes[id as usize] {
+                Node::Null => out.push_str("null"),
+                Node::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+                Node::Number(n) => out.push_str(n),
+                Node::String(s) => out.push_str(&serde_json::Value::from(&**s).to_string()),
+                Node::Array(items) => {
+                    out.push('[');
+                    for (i, item) in items.iter().enumerate() {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        write(arena, *item, out);
+                    }
+                    out.push(']');
+                }
+                Node::Object(members) => {
+                    out.push('{');
+                    for (i, kv) in members.chunks_exact(2).enumerate() {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        write(arena, kv[0], out);
+                        out.push(':');
+                        write(arena, kv[1], out);
+                    }
+                    out.push('}');
+                }
+            }
+        }
+        let mut out = String::new();
+        write(&self.read(), id, &mut out);
+        out
+    }
+
+    /// How much the store holds.
+    pub fn stats(&self) -> StoreStats {
+        let arena = self.read();
+        StoreStats { nodes: arena.nodes.len() - arena.free.len(), heap_bytes: arena.heap_bytes }
+    }
+}
+
+/// One reference to a document in a store, given back when dropped: what a bundle compile
+/// reads from, so the document cannot be freed under it.
+#[derive(Debug)]
+pub struct HeldTraits {
+    store: Arc<TraitStore>,
+    root: NodeId,
+}
+
+impl HeldTraits {
+    /// Takes ownership of one reference the caller holds to `root`.
+    pub fn adopt(store: Arc<TraitStore>, root: NodeId) -> Self {
+        Self { store, root }
+    }
+
+    /// The store it lives in.
+    pub fn store(&self) -> &TraitStore {
+        &self.store
+    }
+
+    /// Its root node.
+    pub fn root(&self) -> NodeId {
+        self.root
+    }
+}
+
+impl Drop for HeldTraits {
+    fn drop(&mut self) {
+        self.store.release(self.root);
+    }
+}
+
+/// A document being interned: every node built so far that no parent holds yet, so a
+/// failure halfway can give them back.
+struct Building<'a> {
+    arena: &'a mut Arena,
+    held: Vec<NodeId>,
+}
+
+impl Building<'_> {
+    fn add(&mut self, node: Node) -> Result<NodeId, TraitsError> {
+        let children = node.children().len();
+        let id = self.arena.intern(node)?;
+        // The children now belong to the new node.
+        self.held.truncate(self.held.len() - children);
+        self.held.push(id);
+        Ok(id)
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for &mut Building<'_> {
+    type Value = NodeId;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<NodeId, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+fn full<E: serde::de::Error>(e: TraitsError) -> E {
+    E::custom(e)
+}
+
+impl<'de> Visitor<'de> for &mut Building<'_> {
+    type Value = NodeId;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<NodeId, E> {
+        self.add(Node::Null).map_err(full)
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<NodeId, E> {
+        self.add(Node::Bool(v)).map_err(full)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<NodeId, E> {
+        self.add(Node::Number(v.to_string().into())).map_err(full)
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<NodeId, E> {
+        self.add(Node::Number(v.to_string().into())).map_err(full)
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<NodeId, E> {
+        let number = serde_json::Number::from_f64(v).ok_or_else(|| E::custom("number is not finite"))?;
+        self.add(Node::Number(number.to_string().into())).map_err(full)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<NodeId, E> {
+        self.add(Node::String(v.into())).map_err(full)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<NodeId, A::Error> {
+        let first = self.held.len();
+        while seq.next_element_seed(&mut *self)?.is_some() {}
+        let items: Box<[NodeId]> = self.held[first..].into();
+        self.add(Node::Array(items)).map_err(full)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<NodeId, A::Error> {
+        let first = self.held.len();
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            self.add(Node::String(key.as_ref().into())).map_err(full)?;
+            map.next_value_seed(&mut *self)?;
+        }
+        // Sort members by key; a repeated key keeps its last value (as serde_json does).
+        let arena = &*self.arena;
+        let mut pairs: Vec<(NodeId, NodeId)> = self.held[first..].chunks_exact(2).map(|kv| (kv[0], kv[1])).collect();
+        pairs.reverse();
+        pairs.sort_by(|a, b| arena.string_of(a.0).cmp(arena.string_of(b.0)));
+        let mut members = Vec::with_capacity(pairs.len() * 2);
+        let mut dropped = Vec::new();
+        for (i, (k, v)) in pairs.iter().enumerate() {
+            if i > 0 && arena.string_of(pairs[i - 1].0) == arena.string_of(*k) {
+                dropped.extend([*k, *v]);
+                continue;
+            }
+            members.extend([*k, *v]);
+        }
+        self.held.truncate(first);
+        self.held.extend_from_slice(&members);
+        for id in dropped {
+            self.arena.release(id);
+        }
+        self.add(Node::Object(members.into())).map_err(full)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_values_are_stored_once_whatever_the_key_order() {
+        let store = TraitStore::default();
+        let a = store.intern_json(r#"{"os":{"family":"debian","release":"12"},"n":1}"#).unwrap();
+        let nodes = store.stats().nodes;
+        let b = store.intern_json(r#"{ "n": 1, "os": {"release":"12", "family":"debian"} }"#).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(store.stats().nodes, nodes, "nothing new");
+        let c = store.intern_json(r#"{"os":{"family":"debian","release":"12"},"n":2}"#).unwrap();
+        assert_ne!(a, c);
+        // Only the new number and the new top object were added; `os` is shared.
+        assert_eq!(store.stats().nodes, nodes + 2);
+        assert_eq!(store.to_json(c), r#"{"n":2,"os":{"family":"debian","release":"12"}}"#);
+    }
+
+    #[test]
+    fn releasing_the_last_reference_frees_what_only_it_held() {
+        let store = TraitStore::default();
+        let a = store.intern_json(r#"{"shared":[1,2,3],"own":"a"}"#).unwrap();
+        let b = store.intern_json(r#"{"shared":[1,2,3],"own":"b"}"#).unwrap();
+        let both = store.stats();
+        store.release(a);
+        assert_eq!(store.to_json(b), r#"{"own":"b","shared":[1,2,3]}"#, "b is untouched");
+        assert_eq!(store.stats().nodes, both.nodes - 2, "a's top object and its string \"a\" are gone");
+        store.release(b);
+        assert_eq!(store.stats(), StoreStats { nodes: 0, heap_bytes: 0 });
+        // Freed slots are reused.
+        let c = store.intern_json(r#"{"x":true}"#).unwrap();
+        assert!(c < 10);
+    }
+
+    #[test]
+    fn members_are_found_by_key_and_numbers_keep_their_text() {
+        let store = TraitStore::default();
+        let root = store.intern_json(r#"{"b":{"x":1.50},"a":"t","c":[true,null,-3],"a\"q":"esc","b2":1e3}"#).unwrap();
+        let b = store.member(root, "b").unwrap();
+        assert_eq!(store.node(store.member(b, "x").unwrap()), Node::Number("1.5".into()));
+        assert_eq!(store.node(store.member(root, "a\"q").unwrap()), Node::String("esc".into()));
+        assert_eq!(store.member(root, "zz"), None);
+        let keys: Vec<String> = store.members(root).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["a", "a\"q", "b", "b2", "c"]);
+        assert_eq!(store.to_json(store.member(root, "c").unwrap()), "[true,null,-3]");
+    }
+
+    #[test]
+    fn a_repeated_key_keeps_its_last_value() {
+        let store = TraitStore::default();
+        let root = store.intern_json(r#"{"k":1,"k":2}"#).unwrap();
+        assert_eq!(store.to_json(root), r#"{"k":2}"#);
+        store.release(root);
+        assert_eq!(store.stats().nodes, 0, "the dropped value was released too");
+    }
+
+    #[test]
+    fn a_refused_document_leaves_the_store_as_it_was() {
+        let store = TraitStore::default();
+        let kept = store.intern_json(r#"{"os":{"family":"debian"},"list":[1,2]}"#).unwrap();
+        let before = store.stats();
+        for (bad, why) in [
+            (r#"{"os":{"family":"debian"},"list":[1,2,"#, "traits are not valid JSON"),
+            (r#"{"os":{"family":"debian"}} trailing"#, "traits are not valid JSON"),
+            (r#"[1,2]"#, "traits must be a JSON object"),
+            (r#""debian""#, "traits must be a JSON object"),
+        ] {
+            let err = store.intern_json(bad).unwrap_err();
+            assert!(err.to_string().starts_with(why), "{bad}: {err}");
+            assert_eq!(store.stats(), before, "{bad}");
+        }
+        assert_eq!(store.to_json(kept), r#"{"list":[1,2],"os":{"family":"debian"}}"#);
+    }
+}
