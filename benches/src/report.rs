@@ -32,6 +32,12 @@ pub struct Report {
     pub server_rss_bytes: u64,
     /// (RSS at the end − RSS before enrollment) / envoys, bytes.
     pub server_rss_bytes_per_envoy: f64,
+    /// (Live heap at the end − live heap before enrollment) / envoys, bytes; 0 when the server
+    /// does not report its heap.
+    pub server_heap_bytes_per_envoy: f64,
+    /// Trait store bytes (strings, numbers, member lists) / envoys: the envoys' share of the
+    /// interned traits.
+    pub trait_heap_bytes_per_envoy: f64,
     /// Client-side check-in latency percentiles, milliseconds.
     pub latency_ms_p50: f64,
     /// 99th percentile.
@@ -88,6 +94,8 @@ impl Report {
             ("server CPU", format!("{:.2} cores", self.server_cpu_cores)),
             ("server RSS", format!("{:.1} MiB", self.server_rss_bytes as f64 / (1024.0 * 1024.0))),
             ("server RSS per envoy", format!("{:.1} KiB", self.server_rss_bytes_per_envoy / 1024.0)),
+            ("server live heap per envoy", format!("{:.1} KiB", self.server_heap_bytes_per_envoy / 1024.0)),
+            ("of which interned traits", format!("{:.1} KiB", self.trait_heap_bytes_per_envoy / 1024.0)),
             (
                 "check-in latency p50 / p99 / max",
                 format!("{:.2} / {:.2} / {:.2} ms", self.latency_ms_p50, self.latency_ms_p99, self.latency_ms_max),

@@ -101,6 +101,15 @@ fn metrics_page(node: &Node, now_ms: i64) -> String {
         control.stack_version(),
     );
     render_gauge(&mut out, "vigo_bundles_distinct", "Distinct bundles in the bundle cache.", node.bundles.n_distinct());
+    let traits = node.fleet.trait_store().stats();
+    render_gauge(&mut out, "vigo_trait_nodes", "Distinct trait values held, shared across the fleet.", traits.nodes);
+    render_gauge(
+        &mut out,
+        "vigo_trait_heap_bytes",
+        "Bytes of the trait values' strings, numbers and member lists.",
+        traits.heap_bytes,
+    );
+    metrics::render_heap(&mut out);
     metrics::render_process(&mut out);
     out
 }

@@ -289,6 +289,21 @@ pub fn render_gauge(out: &mut String, name: &str, help: &str, value: impl std::f
     let _ = writeln!(out, "{name} {value}");
 }
 
+/// The live heap, when the process allocates with jemalloc (vigosrv does; nothing is written
+/// otherwise).
+pub fn render_heap(out: &mut String) {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    if epoch::advance().is_err() {
+        return;
+    }
+    let (Ok(allocated), Ok(resident)) = (stats::allocated::read(), stats::resident::read()) else { return };
+    if allocated == 0 {
+        return;
+    }
+    render_gauge(out, "vigo_heap_allocated_bytes", "Bytes allocated by the server and not yet freed.", allocated);
+    render_gauge(out, "vigo_heap_resident_bytes", "Bytes of physical memory the allocator holds.", resident);
+}
+
 /// Writes the process metrics from `/proc/self` (Linux); writes nothing where there is no `/proc`.
 pub fn render_process(out: &mut String) {
     let stat = std::fs::read_to_string("/proc/self/stat").ok();

@@ -64,6 +64,10 @@ fn metrics_count_check_ins_reports_and_log_commits_of_a_real_server() {
         ("vigo_events", "gauge"),
         ("vigo_stack_version", "gauge"),
         ("vigo_bundles_distinct", "gauge"),
+        ("vigo_trait_nodes", "gauge"),
+        ("vigo_trait_heap_bytes", "gauge"),
+        ("vigo_heap_allocated_bytes", "gauge"),
+        ("vigo_heap_resident_bytes", "gauge"),
         ("process_cpu_seconds_total", "counter"),
         ("process_resident_memory_bytes", "gauge"),
     ] {
@@ -72,6 +76,9 @@ fn metrics_count_check_ins_reports_and_log_commits_of_a_real_server() {
     }
     assert_eq!(value(&page, "vigo_check_in_duration_seconds_count"), 0.0);
     assert_eq!(value(&page, "vigo_envoys_known"), 0.0);
+    assert_eq!(value(&page, "vigo_trait_nodes"), 0.0, "no envoy sent traits yet");
+    assert!(value(&page, "vigo_heap_allocated_bytes") > 0.0);
+    assert!(value(&page, "vigo_heap_resident_bytes") >= value(&page, "vigo_heap_allocated_bytes"));
     assert!(value(&page, "process_resident_memory_bytes") > 0.0);
     assert!(value(&page, "process_cpu_seconds_total") >= 0.0);
 
@@ -119,6 +126,8 @@ fn metrics_count_check_ins_reports_and_log_commits_of_a_real_server() {
     assert_eq!(value(&page, "vigo_events"), 3.0);
     assert_eq!(value(&page, "vigo_stack_version"), 1.0);
     assert_eq!(value(&page, "vigo_bundles_distinct"), 1.0);
+    assert!(value(&page, "vigo_trait_nodes") > 0.0, "the envoy's traits are interned");
+    assert!(value(&page, "vigo_trait_heap_bytes") > 0.0);
     assert!(value(&page, "process_resident_memory_bytes") > 0.0);
 
     // A refused write (no such envoy) never reaches the log; a revocation does, and the

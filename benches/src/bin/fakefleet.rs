@@ -367,6 +367,9 @@ fn summarize(args: &Args, shared: &Shared, before: &Sample, m0: &Sample, m1: &Sa
         server_cpu_cores: cpu / window_s,
         server_rss_bytes: rss as u64,
         server_rss_bytes_per_envoy: (rss - before.get("process_resident_memory_bytes")) / f64::from(args.envoys),
+        server_heap_bytes_per_envoy: (m1.get("vigo_heap_allocated_bytes") - before.get("vigo_heap_allocated_bytes"))
+            / f64::from(args.envoys),
+        trait_heap_bytes_per_envoy: m1.get("vigo_trait_heap_bytes") / f64::from(args.envoys),
         latency_ms_p50: ms(quantile(&lat, 0.5)),
         latency_ms_p99: ms(quantile(&lat, 0.99)),
         latency_ms_max: ms(lat.last().copied().unwrap_or(0)),
