@@ -30,6 +30,7 @@ pub mod admin {
 }
 
 pub mod chain;
+pub mod codec;
 pub mod fds;
 pub mod signing;
 pub mod tls;
