@@ -1,4 +1,4 @@
-//! Micro-benchmarks named after what they measure. Run: `cargo bench -p vigo-benches`.
+//! Micro-benchmarks named after what they measure. Run as `benches/README.md` says.
 
 use std::hint::black_box;
 
@@ -9,7 +9,7 @@ use vigo_proto::chain::{seal, to_hash};
 use vigo_proto::events::{
     EnvoyEnrolled, Event, EventEnvelope, EventProposal, StackPublished, TokenCreated, event::Kind,
 };
-use vigo_state::{ControlState, FleetIndex};
+use vigo_state::{ControlState, FleetIndex, TraitStore};
 
 fn proposal(kind: Kind, at: i64) -> EventProposal {
     EventProposal { proposed_at_ms: at, actor: "admin:bench".into(), event: Some(Event { kind: Some(kind) }) }
@@ -115,5 +115,22 @@ fn apply(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, signature, fleet_index, apply);
+/// What a traits upload costs the server: parsing and interning one host's 150 KB inventory into
+/// a store that already holds 1,000 other hosts (so most values are shared), then releasing it.
+fn traits(c: &mut Criterion) {
+    let store = TraitStore::default();
+    for i in 0..1_000 {
+        let (json, _) = vigo_benches::inventory::for_host(i, &format!("fleet-{i}"));
+        store.intern_json(&json).unwrap();
+    }
+    let (json, _) = vigo_benches::inventory::for_host(5_000, "fleet-5000");
+    c.bench_function("traits/intern_150k", |b| {
+        b.iter(|| {
+            let root = store.intern_json(black_box(&json)).unwrap();
+            store.release(root);
+        })
+    });
+}
+
+criterion_group!(benches, signature, fleet_index, apply, traits);
 criterion_main!(benches);
