@@ -113,7 +113,8 @@ pub fn check_in(
     let known = sent_traits.is_some() || ctx.fleet.has_traits(&req.envoy_id, &req.traits_hash);
     ctx.fleet.record_check_in(&req.envoy_id, &req.bundle_fingerprint, &req.traits_hash, sent_traits);
 
-    let mut response = CheckInResponse { next_check_in_s: ctx.check_in_interval_s, ..Default::default() };
+    let next_check_in_s = next_check_in_s(&req.envoy_id, ctx.check_in_interval_s, now_ms);
+    let mut response = CheckInResponse { next_check_in_s, ..Default::default() };
     let ask_for_traits = |mut response: CheckInResponse| {
         // Unknown traits: ask for them, and check in again at once.
         response.send_traits = true;
@@ -138,6 +139,28 @@ pub fn check_in(
         Reply::Bundle((*bundle).clone())
     });
     Ok(response)
+}
+
+/// A fixed point in `[0, modulus)` for an envoy, from a hash of its id: where its check-ins
+/// and pushes fall in their windows, so the fleet spreads evenly over them.
+pub fn envoy_point(envoy_id: &str, modulus: u64) -> u64 {
+    let digest = Sha256::digest(envoy_id.as_bytes());
+    u64::from_be_bytes(digest[..8].try_into().expect("8 bytes")) % modulus.max(1)
+}
+
+/// Seconds until an envoy's next check-in: until its point of the interval next comes round, at
+/// least half an interval from now. However the fleet bunched up (a server restart, a publish
+/// wave, a power cut), its next check-ins are spread evenly over one interval, and each envoy
+/// keeps checking in about once an interval.
+pub fn next_check_in_s(envoy_id: &str, interval_s: u32, now_ms: i64) -> u32 {
+    let interval_ms = u64::from(interval_s.max(1)) * 1000;
+    let point = envoy_point(envoy_id, interval_ms);
+    let now = now_ms.rem_euclid(interval_ms as i64) as u64;
+    let mut wait_ms = (point + interval_ms - now) % interval_ms;
+    if wait_ms < interval_ms / 2 {
+        wait_ms += interval_ms;
+    }
+    wait_ms.div_ceil(1000) as u32
 }
 
 /// Handles a report of queued runs; returns how many were recorded.
@@ -235,6 +258,27 @@ mod tests {
         };
         req.signature = key.sign(&vigo_proto::signing::check_in_bytes(&req)).to_bytes().to_vec();
         req
+    }
+
+    #[test]
+    fn assigned_check_in_times_spread_a_herd_evenly_over_the_interval() {
+        let interval_s = 60;
+        let now_ms = 1_700_000_000_123;
+        let mut per_second = [0u32; 60];
+        for i in 0..60_000 {
+            let id = format!("e-{i:016x}");
+            // Every envoy of the herd checks in at the same moment.
+            let wait = next_check_in_s(&id, interval_s, now_ms);
+            assert!((30..=91).contains(&wait), "{wait} s is about one interval");
+            per_second[((now_ms / 1000 + i64::from(wait)) % 60) as usize] += 1;
+            // And keeps its point: checking in when told, it is told about one interval next.
+            let next = next_check_in_s(&id, interval_s, now_ms + i64::from(wait) * 1000);
+            assert!((59..=61).contains(&next), "{next}");
+        }
+        // 60,000 envoys over 60 seconds: about 1,000 in each second.
+        for n in per_second {
+            assert!((900..1_100).contains(&n), "{per_second:?}");
+        }
     }
 
     #[test]

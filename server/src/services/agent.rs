@@ -59,9 +59,7 @@ pub fn push_delay(envoy_id: &str, fleet: usize) -> Duration {
     if window_ms == 0 {
         return Duration::ZERO;
     }
-    let digest = Sha256::digest(envoy_id.as_bytes());
-    let point = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"));
-    Duration::from_millis(point % window_ms)
+    Duration::from_millis(crate::check_in::envoy_point(envoy_id, window_ms))
 }
 
 /// The stream of an open watch.
