@@ -12,6 +12,7 @@ use vigo_proto::agent::CheckInRequest;
 use vigo_proto::agent::check_in_response::Reply;
 use vigo_proto::chain::seal;
 use vigo_proto::events::{EnvoyEnrolled, Event, EventProposal, StackPublished, TokenCreated, event::Kind};
+use vigo_server::admission::UploadBudget;
 use vigo_server::bundles::BundleCache;
 use vigo_server::check_in::{CheckInContext, check_in};
 use vigo_server::stack::Stack;
@@ -98,7 +99,14 @@ fn check_ins(c: &mut Criterion) {
     let control = control(&envoy_key);
     let fleet = FleetIndex::default();
     let bundles = BundleCache::new(SigningKey::from_bytes(&[7; 32]));
-    let ctx = CheckInContext { control: &control, fleet: &fleet, bundles: &bundles, check_in_interval_s: 60 };
+    let uploads = UploadBudget::new(200);
+    let ctx = CheckInContext {
+        control: &control,
+        fleet: &fleet,
+        bundles: &bundles,
+        check_in_interval_s: 60,
+        uploads: &uploads,
+    };
     let traits = r#"{"hostname":"web-1.example.com","os":{"family":"debian"}}"#;
     let peer = Some(CERT_SHA256);
 

@@ -15,10 +15,12 @@ use sha2::{Digest, Sha256};
 use vigo_proto::admin::RunSummary;
 use vigo_proto::agent::resource_result::Status as ResultStatus;
 use vigo_proto::agent::{
-    CheckInRequest, CheckInResponse, NoChange, ReportRequest, RunReport, WatchRequest, check_in_response::Reply,
+    Backoff, CheckInRequest, CheckInResponse, NoChange, ReportRequest, RunReport, WatchRequest,
+    check_in_response::Reply,
 };
 use vigo_state::{ControlState, EnvoyEntry, FleetIndex, Replay, TraitsError};
 
+use crate::admission::UploadBudget;
 use crate::bundles::{BundleCache, BundleError};
 use crate::limits::{REPORT_RUNS_MAX, TRAITS_BYTES_MAX};
 use crate::stack::traits::Traits;
@@ -33,6 +35,8 @@ pub struct CheckInContext<'a> {
     pub bundles: &'a BundleCache,
     /// Seconds between check-ins the server asks for.
     pub check_in_interval_s: u32,
+    /// Traits uploads the server may ask for now.
+    pub uploads: &'a UploadBudget,
 }
 
 /// Why a check-in or report is refused. Small and cheap: no boxing on the hot path.
@@ -116,10 +120,19 @@ pub fn check_in(
     let next_check_in_s = next_check_in_s(&req.envoy_id, ctx.check_in_interval_s, now_ms);
     let mut response = CheckInResponse { next_check_in_s, ..Default::default() };
     let ask_for_traits = |mut response: CheckInResponse| {
-        // Unknown traits: ask for them, and check in again at once.
-        response.send_traits = true;
-        response.next_check_in_s = 0;
-        response.reply = Some(Reply::NoChange(NoChange {}));
+        match ctx.uploads.try_take(now_ms, &req.envoy_id, ctx.control.n_envoys(), ctx.check_in_interval_s) {
+            // Unknown traits: ask for them, and check in again at once.
+            Ok(()) => {
+                response.send_traits = true;
+                response.next_check_in_s = 0;
+                response.reply = Some(Reply::NoChange(NoChange {}));
+            }
+            // More uploads than the server takes in a second: come back later (admission.rs).
+            Err(retry_after_s) => {
+                response.next_check_in_s = retry_after_s;
+                response.reply = Some(Reply::Backoff(Backoff { retry_after_s }));
+            }
+        }
         Ok(response)
     };
     if !known {
@@ -227,16 +240,25 @@ mod tests {
     const CERT: [u8; 32] = [4; 32];
 
     fn enrolled(key: &SigningKey) -> ControlState {
-        let kinds = [
-            Kind::TokenCreated(TokenCreated { token_sha256: vec![1; 32], uses: 1, expires_at_ms: 0 }),
-            Kind::EnvoyEnrolled(EnvoyEnrolled {
-                envoy_id: ENVOY.into(),
-                hostname: "web-1".into(),
+        fleet_of(&[(ENVOY.to_string(), key.clone())])
+    }
+
+    /// A control state with one token and `envoys` enrolled (id, key), all with certificate `CERT`.
+    fn fleet_of(envoys: &[(String, SigningKey)]) -> ControlState {
+        let mut kinds = vec![Kind::TokenCreated(TokenCreated {
+            token_sha256: vec![1; 32],
+            uses: envoys.len() as u32,
+            expires_at_ms: 0,
+        })];
+        for (i, (id, key)) in envoys.iter().enumerate() {
+            kinds.push(Kind::EnvoyEnrolled(EnvoyEnrolled {
+                envoy_id: id.clone(),
+                hostname: format!("web-{i}"),
                 pubkey: key.verifying_key().to_bytes().to_vec(),
                 token_sha256: vec![1; 32],
                 cert_sha256: CERT.to_vec(),
-            }),
-        ];
+            }));
+        }
         let mut state = ControlState::default();
         for kind in kinds {
             let proposal =
@@ -246,6 +268,53 @@ mod tests {
             state.apply(&envelope);
         }
         state
+    }
+
+    fn signed_by(id: &str, key: &SigningKey, counter: u64, traits_hash: &[u8]) -> CheckInRequest {
+        let mut req =
+            CheckInRequest { envoy_id: id.into(), counter, traits_hash: traits_hash.to_vec(), ..Default::default() };
+        req.signature = key.sign(&vigo_proto::signing::check_in_bytes(&req)).to_bytes().to_vec();
+        req
+    }
+
+    #[test]
+    fn a_burst_of_unknown_traits_beyond_the_upload_budget_is_answered_with_backoff() {
+        let envoys: Vec<(String, SigningKey)> =
+            (0..30u8).map(|i| (format!("e-{i:016x}"), SigningKey::from_bytes(&[i + 1; 32]))).collect();
+        let control = fleet_of(&envoys);
+        let fleet = FleetIndex::default();
+        let bundles = BundleCache::new(SigningKey::from_bytes(&[7; 32]));
+        let uploads = UploadBudget::new(10);
+        let ctx = CheckInContext {
+            control: &control,
+            fleet: &fleet,
+            bundles: &bundles,
+            check_in_interval_s: 60,
+            uploads: &uploads,
+        };
+        let now_ms = 5_000_000;
+        let (mut asked, mut backed_off) = (0, 0);
+        for (id, key) in &envoys {
+            let reply = check_in(&ctx, Some(CERT), &signed_by(id, key, 1, &[3; 32]), now_ms).expect("never an error");
+            match reply.reply {
+                Some(Reply::NoChange(_)) if reply.send_traits => {
+                    assert_eq!(reply.next_check_in_s, 0);
+                    asked += 1;
+                }
+                Some(Reply::Backoff(b)) => {
+                    assert!((1..=60).contains(&b.retry_after_s), "{b:?}");
+                    assert_eq!(reply.next_check_in_s, b.retry_after_s);
+                    assert!(!reply.send_traits);
+                    backed_off += 1;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!((asked, backed_off), (10, 20));
+        // A second later the budget has room again.
+        let (id, key) = &envoys[29];
+        let reply = check_in(&ctx, Some(CERT), &signed_by(id, key, 2, &[3; 32]), now_ms + 1_000).unwrap();
+        assert!(reply.send_traits);
     }
 
     fn with_traits(key: &SigningKey, counter: u64, traits: &str) -> CheckInRequest {
@@ -287,7 +356,14 @@ mod tests {
         let control = enrolled(&key);
         let fleet = FleetIndex::default();
         let bundles = BundleCache::new(SigningKey::from_bytes(&[7; 32]));
-        let ctx = CheckInContext { control: &control, fleet: &fleet, bundles: &bundles, check_in_interval_s: 60 };
+        let uploads = UploadBudget::new(10);
+        let ctx = CheckInContext {
+            control: &control,
+            fleet: &fleet,
+            bundles: &bundles,
+            check_in_interval_s: 60,
+            uploads: &uploads,
+        };
         let good = r#"{"os":{"family":"debian"}}"#;
         check_in(&ctx, Some(CERT), &with_traits(&key, 1, good), 1).unwrap();
 

@@ -7,6 +7,7 @@
 
 #![deny(missing_docs)]
 
+pub mod admission;
 pub mod bundles;
 pub mod check_in;
 pub mod error;

@@ -63,12 +63,14 @@ pub enum CheckInOutcome {
     Bundle,
     /// The envoy was asked for its traits.
     SendTraits,
+    /// The envoy was told to back off (admission control).
+    Backoff,
     /// Any [`Refusal`].
     Refused,
 }
 
 impl CheckInOutcome {
-    const ALL: [Self; 4] = [Self::NoChange, Self::Bundle, Self::SendTraits, Self::Refused];
+    const ALL: [Self; 5] = [Self::NoChange, Self::Bundle, Self::SendTraits, Self::Backoff, Self::Refused];
 
     /// The outcome of one check-in's handler.
     pub fn of(result: &Result<CheckInResponse, Refusal>) -> Self {
@@ -76,6 +78,7 @@ impl CheckInOutcome {
             Err(_) => Self::Refused,
             Ok(response) if response.send_traits => Self::SendTraits,
             Ok(CheckInResponse { reply: Some(Reply::Bundle(_)), .. }) => Self::Bundle,
+            Ok(CheckInResponse { reply: Some(Reply::Backoff(_)), .. }) => Self::Backoff,
             Ok(_) => Self::NoChange,
         }
     }
@@ -85,6 +88,7 @@ impl CheckInOutcome {
             Self::NoChange => "no_change",
             Self::Bundle => "bundle",
             Self::SendTraits => "send_traits",
+            Self::Backoff => "backoff",
             Self::Refused => "refused",
         }
     }

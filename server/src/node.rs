@@ -13,6 +13,7 @@ use vigo_log::{LogError, LogNode};
 use vigo_proto::events::{Event, EventEnvelope, EventProposal, event::Kind};
 use vigo_state::{ControlError, ControlState, FleetIndex};
 
+use crate::admission::UploadBudget;
 use crate::bundles::BundleCache;
 use crate::check_in::CheckInContext;
 use crate::metrics::{LogCommitOutcome, Metrics};
@@ -46,6 +47,8 @@ pub struct Node {
     pub fleet: FleetIndex,
     /// Compiled bundles.
     pub bundles: BundleCache,
+    /// Traits uploads the server may still ask for this second.
+    pub uploads: UploadBudget,
     /// Key material.
     pub pki: Pki,
     /// Settings.
@@ -73,6 +76,7 @@ impl Node {
             log,
             fleet: FleetIndex::default(),
             bundles,
+            uploads: UploadBudget::new(crate::limits::TRAITS_UPLOADS_PER_S),
             pki,
             settings,
             metrics: Metrics::default(),
@@ -108,6 +112,7 @@ impl Node {
             fleet: &self.fleet,
             bundles: &self.bundles,
             check_in_interval_s: self.settings.check_in_interval_s,
+            uploads: &self.uploads,
         };
         f(&ctx)
     }
