@@ -28,9 +28,10 @@ impl UploadBudget {
     }
 
     /// Takes one upload if the budget allows it at `now_ms`. Otherwise: seconds for this envoy
-    /// to wait, a fixed point (per envoy) of a window long enough for the whole fleet at the
-    /// budget's rate, capped at `interval_s`.
-    pub fn try_take(&self, now_ms: i64, envoy_id: &str, fleet: usize, interval_s: u32) -> Result<(), u32> {
+    /// to wait, a fixed point (per envoy) of a window long enough for the `waiting` envoys
+    /// (whose traits are not held yet) at the budget's rate, capped at `interval_s`: the window
+    /// shrinks as the backlog drains.
+    pub fn try_take(&self, now_ms: i64, envoy_id: &str, waiting: usize, interval_s: u32) -> Result<(), u32> {
         let mut bucket = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
         let rate = f64::from(self.rate_per_s);
         if bucket.at_ms != i64::MIN && now_ms > bucket.at_ms {
@@ -41,7 +42,7 @@ impl UploadBudget {
             bucket.tokens -= 1.0;
             return Ok(());
         }
-        let window_s = (fleet as u64 / u64::from(self.rate_per_s.max(1))).clamp(1, u64::from(interval_s.max(1)));
+        let window_s = (waiting as u64 / u64::from(self.rate_per_s.max(1))).clamp(1, u64::from(interval_s.max(1)));
         Err(1 + envoy_point(envoy_id, window_s) as u32)
     }
 }

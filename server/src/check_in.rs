@@ -120,7 +120,8 @@ pub fn check_in(
     let next_check_in_s = next_check_in_s(&req.envoy_id, ctx.check_in_interval_s, now_ms);
     let mut response = CheckInResponse { next_check_in_s, ..Default::default() };
     let ask_for_traits = |mut response: CheckInResponse| {
-        match ctx.uploads.try_take(now_ms, &req.envoy_id, ctx.control.n_envoys(), ctx.check_in_interval_s) {
+        let waiting = ctx.control.n_envoys().saturating_sub(ctx.fleet.n_with_traits());
+        match ctx.uploads.try_take(now_ms, &req.envoy_id, waiting, ctx.check_in_interval_s) {
             // Unknown traits: ask for them, and check in again at once.
             Ok(()) => {
                 response.send_traits = true;

@@ -76,7 +76,10 @@ impl Node {
             log,
             fleet: FleetIndex::default(),
             bundles,
-            uploads: UploadBudget::new(crate::limits::TRAITS_UPLOADS_PER_S),
+            uploads: UploadBudget::new(
+                crate::limits::TRAITS_UPLOADS_PER_S_PER_CORE
+                    * std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            ),
             pki,
             settings,
             metrics: Metrics::default(),

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use vigo_proto::admin::RunSummary;
@@ -53,6 +54,7 @@ pub struct FleetIndex {
     shards: Vec<Mutex<HashMap<Arc<str>, EnvoyObservation>>>,
     hasher: RandomState,
     traits: Arc<TraitStore>,
+    with_traits: AtomicUsize,
 }
 
 impl Default for FleetIndex {
@@ -61,6 +63,7 @@ impl Default for FleetIndex {
             shards: (0..N_SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
             traits: Arc::new(TraitStore::default()),
+            with_traits: AtomicUsize::new(0),
         }
     }
 }
@@ -114,11 +117,19 @@ impl FleetIndex {
         }
         if let Some(root) = traits {
             obs.traits_hash = traits_hash.to_vec();
-            if let Some(old) = obs.traits.replace(root) {
+            match obs.traits.replace(root) {
                 // Under the shard lock, so no reader can be retaining `old` meanwhile.
-                self.traits.release(old);
+                Some(old) => self.traits.release(old),
+                None => {
+                    self.with_traits.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
+    }
+
+    /// Number of envoys whose traits are held.
+    pub fn n_with_traits(&self) -> usize {
+        self.with_traits.load(Ordering::Relaxed)
     }
 
     /// Whether the envoy's stored traits are the ones hashing to `traits_hash`.
@@ -205,6 +216,7 @@ mod tests {
         let held = fleet.traits_if_current("e1", b"h1").unwrap();
         assert_eq!(store.to_json(held.root()), r#"{"a":1}"#);
         assert!(fleet.has_traits("e1", b"h1"));
+        assert_eq!(fleet.n_with_traits(), 1);
         assert!(fleet.traits_if_current("e1", b"h2").is_none());
         assert!(!fleet.has_traits("e1", b"h2"));
 
@@ -212,12 +224,14 @@ mod tests {
         fleet.record_check_in("e1", b"fp", b"h2", Some(store.intern_json(r#"{"b":2}"#).unwrap()));
         assert_eq!(store.to_json(held.root()), r#"{"a":1}"#);
         drop(held);
+        assert_eq!(fleet.n_with_traits(), 1, "replaced, not added");
         assert_eq!(store.to_json(fleet.traits_if_current("e1", b"h2").unwrap().root()), r#"{"b":2}"#);
         assert_eq!(store.stats().nodes, 3, "only {{\"b\":2}}, \"b\" and 2 are left");
 
         // Traits for an envoy never accepted are given back at once.
         fleet.record_check_in("e9", b"fp", b"h1", Some(store.intern_json(r#"{"c":3}"#).unwrap()));
         assert_eq!(store.stats().nodes, 3);
+        assert_eq!(fleet.n_with_traits(), 1);
     }
 
     #[test]
