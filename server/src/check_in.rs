@@ -368,16 +368,21 @@ mod tests {
         let good = r#"{"os":{"family":"debian"}}"#;
         check_in(&ctx, Some(CERT), &with_traits(&key, 1, good), 1).unwrap();
 
+        let deep = format!(r#"{{"os":{}1{}}}"#, "[".repeat(10_000), "]".repeat(10_000));
+        let wrong_key = r#"{"os":{"family":"debian"},"list":[1,2],"bad":{1:2}}"#;
         for (counter, bad, why) in [
             (2, r#"{"os":"#, "traits are not valid JSON"),
             (3, r#"["debian"]"#, "traits must be a JSON object"),
             (4, r#""debian""#, "traits must be a JSON object"),
+            (5, deep.as_str(), "traits are not valid JSON: recursion limit exceeded"),
+            (6, wrong_key, "traits are not valid JSON: key must be a string"),
+            (7, r#"{"os":{"family":"debian"}} {}"#, "traits are not valid JSON: trailing characters"),
         ] {
             let refused = check_in(&ctx, Some(CERT), &with_traits(&key, counter, bad), 2).unwrap_err().to_string();
             assert!(refused.starts_with(&format!("bad request: {why}")), "{bad}: {refused}");
             assert_eq!(refused.lines().count(), 1);
         }
-        let mut wrong_hash = with_traits(&key, 5, r#"{"os":{}}"#);
+        let mut wrong_hash = with_traits(&key, 8, r#"{"os":{}}"#);
         wrong_hash.traits_hash = Sha256::digest(good.as_bytes()).to_vec();
         wrong_hash.signature = key.sign(&vigo_proto::signing::check_in_bytes(&wrong_hash)).to_bytes().to_vec();
         let refused = check_in(&ctx, Some(CERT), &wrong_hash, 2).unwrap_err();
