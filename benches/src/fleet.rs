@@ -12,7 +12,7 @@ use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 use tonic::transport::Channel;
 use vigo_proto::agent::agent_client::AgentClient;
 use vigo_proto::agent::check_in_response::Reply;
-use vigo_proto::agent::{CheckInRequest, WatchEvent, WatchRequest};
+use vigo_proto::agent::{CheckInRequest, CheckInResponse, SessionEvent, WatchEvent, WatchRequest, session_event};
 use vigo_proto::bundle::SignedBundle;
 use vigo_proto::tls::{client_config, connect, connect_from, ed25519_pkcs8};
 use vigo_proto::token::Token;
@@ -74,6 +74,26 @@ pub struct FakeEnvoy {
     /// Local address its connections leave from.
     pub source: Option<IpAddr>,
     channel: Option<AgentClient<Channel>>,
+    session: Option<SessionConn>,
+}
+
+/// How a fake envoy's check-ins travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// A new connection for every check-in.
+    Poll,
+    /// One held connection: a `CheckIn` call per check-in, pushes on a `Watch`.
+    Held,
+    /// One held connection and one `Session` stream carrying check-ins and pushes.
+    Session,
+}
+
+/// An open `Session`: check-ins go out on `tx`, answers and pushes come back on `events`.
+struct SessionConn {
+    tx: tokio::sync::mpsc::Sender<CheckInRequest>,
+    events: tonic::Streaming<SessionEvent>,
+    /// Pushes that arrived while waiting for an answer.
+    pushes: u32,
 }
 
 impl FakeEnvoy {
@@ -106,13 +126,95 @@ impl FakeEnvoy {
             stack_version: 0,
             source,
             channel: None,
+            session: None,
         };
         Ok((envoy, bundle_key))
     }
 
     /// Drops the held connection, if any.
     pub fn disconnect(&mut self) {
+        self.session = None;
         self.channel = None;
+    }
+
+    /// One check-in request and its answer: a call of its own, or a message on the session.
+    async fn exchange(
+        &mut self,
+        server: &str,
+        req: CheckInRequest,
+        transport: Transport,
+    ) -> anyhow::Result<CheckInResponse> {
+        if transport != Transport::Session {
+            let mut client = self.client(server).await?;
+            return match tokio::time::timeout(CALL_TIMEOUT, client.check_in(req)).await {
+                Ok(Ok(r)) => Ok(r.into_inner()),
+                Ok(Err(status)) => {
+                    self.disconnect();
+                    bail!("{:?}: {}", status.code(), status.message())
+                }
+                Err(_) => {
+                    self.disconnect();
+                    bail!("check-in timed out after {CALL_TIMEOUT:?}")
+                }
+            };
+        }
+        let answered = tokio::time::timeout(CALL_TIMEOUT, self.session_exchange(server, req)).await;
+        match answered {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) => {
+                self.disconnect();
+                Err(e)
+            }
+            Err(_) => {
+                self.disconnect();
+                bail!("check-in timed out after {CALL_TIMEOUT:?}")
+            }
+        }
+    }
+
+    async fn session_exchange(&mut self, server: &str, req: CheckInRequest) -> anyhow::Result<CheckInResponse> {
+        match &self.session {
+            Some(session) => session.tx.send(req).await.map_err(|_| anyhow::anyhow!("session closed"))?,
+            None => {
+                let mut client = self.client(server).await?;
+                let (tx, rx) = tokio::sync::mpsc::channel(2);
+                tx.send(req).await.map_err(|_| anyhow::anyhow!("session closed"))?;
+                let requests = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
+                let events =
+                    client.session(requests).await.map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?;
+                self.session = Some(SessionConn { tx, events: events.into_inner(), pushes: 0 });
+            }
+        }
+        let session = self.session.as_mut().expect("opened above");
+        loop {
+            let event =
+                session.events.message().await.map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?;
+            match event.and_then(|e| e.kind) {
+                Some(session_event::Kind::CheckIn(response)) => return Ok(response),
+                Some(session_event::Kind::PushRequested(_)) => session.pushes += 1,
+                None => bail!("session ended"),
+            }
+        }
+    }
+
+    /// Waits for the next push on the open session; `None` (and the session closed) when it
+    /// ends, and never returns without a session.
+    pub async fn next_session_push(&mut self) -> Option<()> {
+        let Some(session) = self.session.as_mut() else { return std::future::pending().await };
+        if session.pushes > 0 {
+            session.pushes -= 1;
+            return Some(());
+        }
+        loop {
+            match session.events.message().await {
+                Ok(Some(SessionEvent { kind: Some(session_event::Kind::PushRequested(_)) })) => return Some(()),
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(_) => {
+                    self.session = None;
+                    return None;
+                }
+            }
+        }
     }
 
     async fn client(&mut self, server: &str) -> anyhow::Result<AgentClient<Channel>> {
@@ -125,10 +227,14 @@ impl FakeEnvoy {
         Ok(client)
     }
 
-    /// One check-in, sending the inventory when the server asks for it. With `hold`, the
-    /// connection stays open for the next one; without, it is closed after the answer.
-    pub async fn check_in(&mut self, server: &str, bundle_key: &VerifyingKey, hold: bool) -> anyhow::Result<Outcome> {
-        let mut client = self.client(server).await?;
+    /// One check-in, sending the inventory when the server asks for it. Unless polling, the
+    /// connection stays open for the next one.
+    pub async fn check_in(
+        &mut self,
+        server: &str,
+        bundle_key: &VerifyingKey,
+        transport: Transport,
+    ) -> anyhow::Result<Outcome> {
         // The inventory is generated on the first check-in and kept only until it is sent.
         let mut inventory = None;
         let traits_hash = match self.traits_hash {
@@ -152,17 +258,7 @@ impl FakeEnvoy {
             };
             req.signature = self.key.sign(&vigo_proto::signing::check_in_bytes(&req)).to_bytes().to_vec();
             let sent_traits = !req.traits_json.is_empty();
-            let response = match tokio::time::timeout(CALL_TIMEOUT, client.check_in(req)).await {
-                Ok(Ok(r)) => r.into_inner(),
-                Ok(Err(status)) => {
-                    self.channel = None;
-                    bail!("{:?}: {}", status.code(), status.message())
-                }
-                Err(_) => {
-                    self.channel = None;
-                    bail!("check-in timed out after {CALL_TIMEOUT:?}")
-                }
-            };
+            let response = self.exchange(server, req, transport).await?;
             if response.send_traits {
                 if sent_traits {
                     bail!("server asked again for traits it was just sent");
@@ -180,8 +276,8 @@ impl FakeEnvoy {
                 Some(Reply::NoChange(_)) | None => Outcome::NoChange,
             };
         };
-        if !hold {
-            self.channel = None;
+        if transport == Transport::Poll {
+            self.disconnect();
         }
         Ok(outcome)
     }

@@ -21,6 +21,19 @@ impl Drop for Server {
 
 #[test]
 fn fakefleet_enrolls_checks_in_publishes_and_reports() {
+    run_fleet("held");
+}
+
+/// The same over `Session` streams: check-ins as messages, the publish pushed on the stream.
+#[test]
+fn fakefleet_over_sessions_checks_in_and_gets_the_publish_pushed() {
+    let report = run_fleet("session");
+    assert!(report["pushes"].as_u64().unwrap() >= 1, "the publish was pushed on the sessions: {report}");
+}
+
+/// Runs 6 envoys in `mode` against a fresh vigosrv, publishing mid-run; checks the report and
+/// returns it.
+fn run_fleet(mode: &str) -> serde_json::Value {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(bin("vigosrv"))
         .args(["run", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data-dir"])
@@ -45,7 +58,7 @@ fn fakefleet_enrolls_checks_in_publishes_and_reports() {
         .arg("--vigocli")
         .arg(bin("vigocli"))
         .args(["--envoys", "6", "--interval", "0.5", "--warmup", "2", "--duration", "3", "--publish-at", "0.2"])
-        .args(["--sources", "3", "--label", "smoke", "--json"])
+        .args(["--sources", "3", "--label", "smoke", "--mode", mode, "--json"])
         .arg(&json)
         .output()
         .unwrap();
@@ -65,4 +78,5 @@ fn fakefleet_enrolls_checks_in_publishes_and_reports() {
     assert_eq!(publish["version"], 2, "the run's first publish is v1, the mid-run one v2");
     assert_eq!(publish["envoys_updated"], 6, "{report}");
     assert!(publish["all_updated_after_s"].as_f64().is_some(), "{report}");
+    report
 }

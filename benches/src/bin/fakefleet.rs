@@ -19,7 +19,7 @@ use ed25519_dalek::VerifyingKey;
 use futures::StreamExt;
 use rand::Rng;
 use vigo_agent::run::next_push;
-use vigo_benches::fleet::{Cluster, FakeEnvoy, Outcome};
+use vigo_benches::fleet::{Cluster, FakeEnvoy, Outcome, Transport};
 use vigo_benches::report::{PublishReport, Report, quantile};
 use vigo_benches::scrape::{Sample, scrape};
 
@@ -82,6 +82,8 @@ struct Args {
 enum Mode {
     Held,
     Poll,
+    /// Held, with check-ins and pushes on one `Session` stream instead of a call each.
+    Session,
 }
 
 /// What every envoy task shares with the conductor.
@@ -90,7 +92,7 @@ struct Shared {
     bundle_key: VerifyingKey,
     interval: Duration,
     jitter: f64,
-    hold: bool,
+    transport: Transport,
     measuring: AtomicBool,
     check_ins: AtomicU64,
     backoffs: AtomicU64,
@@ -130,13 +132,17 @@ async fn envoy_loop(mut envoy: FakeEnvoy, shared: Arc<Shared>, mut stop: tokio::
                     }
                     None => watch = None,
                 },
+                Some(()) = envoy.next_session_push() => {
+                    shared.pushes.fetch_add(1, Relaxed);
+                    break false;
+                }
             }
         };
         if stopped {
             break;
         }
         let started = Instant::now();
-        let result = envoy.check_in(&shared.server, &shared.bundle_key, shared.hold).await;
+        let result = envoy.check_in(&shared.server, &shared.bundle_key, shared.transport).await;
         let took = started.elapsed();
         let measuring = shared.measuring.load(Relaxed);
         next = shared.jittered();
@@ -146,7 +152,7 @@ async fn envoy_loop(mut envoy: FakeEnvoy, shared: Arc<Shared>, mut stop: tokio::
                     settled = true;
                     shared.settled.fetch_add(1, Relaxed);
                 }
-                if shared.hold && watch.is_none() {
+                if shared.transport == Transport::Held && watch.is_none() {
                     watch = envoy.watch(&shared.server).await.ok();
                 }
                 if measuring {
@@ -277,7 +283,11 @@ async fn run(args: Args) -> anyhow::Result<Report> {
         bundle_key,
         interval,
         jitter: args.jitter.clamp(0.0, 0.9),
-        hold: args.mode == Mode::Held,
+        transport: match args.mode {
+            Mode::Held => Transport::Held,
+            Mode::Poll => Transport::Poll,
+            Mode::Session => Transport::Session,
+        },
         measuring: AtomicBool::new(false),
         check_ins: AtomicU64::new(0),
         backoffs: AtomicU64::new(0),

@@ -9,11 +9,11 @@ use std::time::Instant;
 
 use ed25519_dalek::{Signature, VerifyingKey};
 use sha2::{Digest, Sha256};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 use vigo_proto::agent::agent_server::Agent;
 use vigo_proto::agent::{
     CheckInRequest, CheckInResponse, EnrollRequest, EnrollResponse, GetCaRequest, GetCaResponse, PushRequested,
-    ReportRequest, ReportResponse, WatchEvent, WatchRequest, watch_event,
+    ReportRequest, ReportResponse, SessionEvent, WatchEvent, WatchRequest, session_event, watch_event,
 };
 use vigo_proto::events::EnvoyEnrolled;
 use vigo_proto::events::event::Kind;
@@ -65,9 +65,103 @@ pub fn push_delay(envoy_id: &str, fleet: usize) -> Duration {
 /// The stream of an open watch.
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send + 'static>>;
 
+/// The answers and pushes of an open session.
+pub type SessionStream = Pin<Box<dyn Stream<Item = Result<SessionEvent, Status>> + Send + 'static>>;
+
+/// One open session: where it reads check-ins, and when it pushes next.
+struct Session {
+    node: Arc<Node>,
+    peer: Option<[u8; 32]>,
+    incoming: Streaming<CheckInRequest>,
+    versions: tokio::sync::watch::Receiver<u64>,
+    stopping: tokio::sync::watch::Receiver<bool>,
+    /// Set by the first accepted check-in: pushes go to envoys known to be there.
+    envoy_id: Option<String>,
+    push_at: Option<tokio::time::Instant>,
+    ended: bool,
+}
+
+enum SessionStep {
+    Stop,
+    Message(Result<Option<CheckInRequest>, Status>),
+    StackMoved(bool),
+    PushDue,
+}
+
+impl Session {
+    /// The next event to send, or `None` when the session is over.
+    async fn next(mut self) -> Option<(Result<SessionEvent, Status>, Session)> {
+        if self.ended {
+            return None;
+        }
+        loop {
+            let push_at = self.push_at;
+            let watching = self.envoy_id.is_some() && push_at.is_none();
+            let step = tokio::select! {
+                _ = self.stopping.wait_for(|s| *s) => SessionStep::Stop,
+                message = self.incoming.message() => SessionStep::Message(message),
+                moved = self.versions.changed(), if watching => SessionStep::StackMoved(moved.is_ok()),
+                _ = tokio::time::sleep_until(push_at.unwrap_or_else(tokio::time::Instant::now)), if push_at.is_some() => {
+                    SessionStep::PushDue
+                }
+            };
+            match step {
+                SessionStep::Stop | SessionStep::Message(Ok(None)) | SessionStep::Message(Err(_)) => return None,
+                SessionStep::StackMoved(false) => return None,
+                SessionStep::StackMoved(true) => {
+                    let envoy_id = self.envoy_id.as_deref().unwrap_or_default();
+                    let delay = push_delay(envoy_id, self.node.control().n_envoys());
+                    self.push_at = Some(tokio::time::Instant::now() + delay);
+                }
+                SessionStep::PushDue => {
+                    self.push_at = None;
+                    let stack_version = *self.versions.borrow_and_update();
+                    let kind = session_event::Kind::PushRequested(PushRequested { stack_version });
+                    return Some((Ok(SessionEvent { kind: Some(kind) }), self));
+                }
+                SessionStep::Message(Ok(Some(req))) => {
+                    let started = Instant::now();
+                    let answered =
+                        self.node.with_check_in(|ctx| crate::check_in::check_in(ctx, self.peer, &req, now_ms()));
+                    self.node.metrics.record_check_in(CheckInOutcome::of(&answered), started.elapsed());
+                    return Some(match answered {
+                        Ok(response) => {
+                            if self.envoy_id.is_none() {
+                                // Only later publishes push.
+                                self.versions.borrow_and_update();
+                                self.envoy_id = Some(req.envoy_id);
+                            }
+                            (Ok(SessionEvent { kind: Some(session_event::Kind::CheckIn(response)) }), self)
+                        }
+                        Err(refusal) => {
+                            self.ended = true;
+                            (Err(refusal.into()), self)
+                        }
+                    });
+                }
+            }
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Agent for AgentService {
     type WatchStream = WatchStream;
+    type SessionStream = SessionStream;
+
+    async fn session(&self, request: Request<Streaming<CheckInRequest>>) -> Result<Response<SessionStream>, Status> {
+        let session = Session {
+            node: self.node.clone(),
+            peer: peer_cert_sha256(&request),
+            incoming: request.into_inner(),
+            versions: self.node.stack_version.subscribe(),
+            stopping: self.node.stopping.subscribe(),
+            envoy_id: None,
+            push_at: None,
+            ended: false,
+        };
+        Ok(Response::new(Box::pin(futures::stream::unfold(session, Session::next))))
+    }
 
     async fn get_ca(&self, _request: Request<GetCaRequest>) -> Result<Response<GetCaResponse>, Status> {
         Ok(Response::new(GetCaResponse { ca_cert_der: self.node.pki.ca_der.clone() }))
