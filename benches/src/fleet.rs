@@ -258,7 +258,9 @@ impl FakeEnvoy {
             };
             req.signature = self.key.sign(&vigo_proto::signing::check_in_bytes(&req)).to_bytes().to_vec();
             let sent_traits = !req.traits_json.is_empty();
-            let response = self.exchange(server, req, transport).await?;
+            // Traits go with a call of their own, never on a session (see agent.proto).
+            let via = if sent_traits && transport == Transport::Session { Transport::Held } else { transport };
+            let response = self.exchange(server, req, via).await?;
             if response.send_traits {
                 if sent_traits {
                     bail!("server asked again for traits it was just sent");

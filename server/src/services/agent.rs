@@ -19,6 +19,7 @@ use vigo_proto::events::EnvoyEnrolled;
 use vigo_proto::events::event::Kind;
 use vigo_proto::token::Token;
 
+use crate::check_in::Refusal;
 use crate::limits::{HOSTNAME_BYTES_MAX, PUSH_RATE_PER_S, PUSH_SPREAD_MS_MAX};
 use crate::metrics::{CheckInOutcome, ReportOutcome};
 use crate::node::{Node, now_ms};
@@ -121,8 +122,13 @@ impl Session {
                 }
                 SessionStep::Message(Ok(Some(req))) => {
                     let started = Instant::now();
-                    let answered =
-                        self.node.with_check_in(|ctx| crate::check_in::check_in(ctx, self.peer, &req, now_ms()));
+                    let answered = if req.traits_json.is_empty() {
+                        self.node.with_check_in(|ctx| crate::check_in::check_in(ctx, self.peer, &req, now_ms()))
+                    } else {
+                        // A stream keeps a buffer the size of its largest message for as long as
+                        // it is open: ~150 KB of traits would stay with every session.
+                        Err(Refusal::Malformed("traits are sent with CheckIn, not on a session"))
+                    };
                     self.node.metrics.record_check_in(CheckInOutcome::of(&answered), started.elapsed());
                     return Some(match answered {
                         Ok(response) => {
