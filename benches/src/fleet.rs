@@ -137,8 +137,23 @@ impl FakeEnvoy {
         self.channel = None;
     }
 
+    /// A check-in request with the next counter, carrying `traits_json` (may be empty), signed.
+    pub fn signed_request(&mut self, traits_hash: &[u8], traits_json: String) -> CheckInRequest {
+        self.counter += 1;
+        let mut req = CheckInRequest {
+            envoy_id: self.envoy_id.clone(),
+            counter: self.counter,
+            traits_hash: traits_hash.to_vec(),
+            bundle_fingerprint: self.fingerprint.clone(),
+            signature: Vec::new(),
+            traits_json,
+        };
+        req.signature = self.key.sign(&vigo_proto::signing::check_in_bytes(&req)).to_bytes().to_vec();
+        req
+    }
+
     /// One check-in request and its answer: a call of its own, or a message on the session.
-    async fn exchange(
+    pub async fn exchange(
         &mut self,
         server: &str,
         req: CheckInRequest,
@@ -247,16 +262,7 @@ impl FakeEnvoy {
         };
         let mut traits_json = String::new();
         let outcome = loop {
-            self.counter += 1;
-            let mut req = CheckInRequest {
-                envoy_id: self.envoy_id.clone(),
-                counter: self.counter,
-                traits_hash: traits_hash.to_vec(),
-                bundle_fingerprint: self.fingerprint.clone(),
-                signature: Vec::new(),
-                traits_json: std::mem::take(&mut traits_json),
-            };
-            req.signature = self.key.sign(&vigo_proto::signing::check_in_bytes(&req)).to_bytes().to_vec();
+            let req = self.signed_request(&traits_hash, std::mem::take(&mut traits_json));
             let sent_traits = !req.traits_json.is_empty();
             // Traits go with a call of their own, never on a session (see agent.proto).
             let via = if sent_traits && transport == Transport::Session { Transport::Held } else { transport };

@@ -5,6 +5,9 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
+use sha2::{Digest, Sha256};
+use vigo_benches::fleet::{Cluster, FakeEnvoy, Transport};
+
 fn bin(name: &str) -> PathBuf {
     let dir = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_path_buf();
     dir.join(name)
@@ -31,9 +34,49 @@ fn fakefleet_over_sessions_checks_in_and_gets_the_publish_pushed() {
     assert!(report["pushes"].as_u64().unwrap() >= 1, "the publish was pushed on the sessions: {report}");
 }
 
-/// Runs 6 envoys in `mode` against a fresh vigosrv, publishing mid-run; checks the report and
-/// returns it.
-fn run_fleet(mode: &str) -> serde_json::Value {
+/// Traits sent on a session end it with a clear refusal; sent with a call on the same
+/// connection they are taken, and a new session goes on without them.
+#[test]
+fn a_session_refuses_traits_and_a_call_takes_them() {
+    let (dir, server, grpc, _http) = start_server();
+    let out = Command::new(bin("vigocli"))
+        .args(["--server", &grpc, "--creds"])
+        .arg(dir.path().join("server/admin"))
+        .args(["-o", "json", "token", "create", "--uses", "1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let token = created["token"].as_str().unwrap().to_string();
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let cluster = Cluster::discover(&grpc, &token).await.unwrap();
+        let channel = cluster.enroll_channel().await.unwrap();
+        let (mut envoy, _) = FakeEnvoy::enroll(&cluster, channel, &token, 0, None).await.unwrap();
+        let traits = r#"{"os":{"family":"debian"}}"#.to_string();
+        let hash: [u8; 32] = Sha256::digest(traits.as_bytes()).into();
+
+        let req = envoy.signed_request(&hash, String::new());
+        let asked = envoy.exchange(&grpc, req, Transport::Session).await.unwrap();
+        assert!(asked.send_traits, "unknown traits are asked for on the session");
+        let req = envoy.signed_request(&hash, traits.clone());
+        let refused = format!("{:#}", envoy.exchange(&grpc, req, Transport::Session).await.unwrap_err());
+        assert!(refused.contains("InvalidArgument"), "{refused}");
+        assert!(refused.contains("traits are sent with CheckIn, not on a session"), "{refused}");
+
+        let req = envoy.signed_request(&hash, traits.clone());
+        let taken = envoy.exchange(&grpc, req, Transport::Held).await.unwrap();
+        assert!(!taken.send_traits, "traits sent with a call are taken");
+        let req = envoy.signed_request(&hash, String::new());
+        let next = envoy.exchange(&grpc, req, Transport::Session).await.unwrap();
+        assert!(!next.send_traits, "and a new session goes on without them");
+    });
+    drop(server);
+}
+
+/// A fresh vigosrv on loopback: its data dir, the process, and its gRPC and HTTP addresses.
+fn start_server() -> (tempfile::TempDir, Server, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(bin("vigosrv"))
         .args(["run", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data-dir"])
@@ -50,6 +93,13 @@ fn run_fleet(mode: &str) -> serde_json::Value {
     };
     let grpc = addr("vigosrv listening on ");
     let http = addr("vigosrv http on ");
+    (dir, server, grpc, http)
+}
+
+/// Runs 6 envoys in `mode` against a fresh vigosrv, publishing mid-run; checks the report and
+/// returns it.
+fn run_fleet(mode: &str) -> serde_json::Value {
+    let (dir, server, grpc, http) = start_server();
 
     let json = dir.path().join("report.json");
     let out = Command::new(bin("fakefleet"))
