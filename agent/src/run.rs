@@ -17,9 +17,7 @@ use tonic::transport::Channel;
 use vigo_proto::agent::agent_client::AgentClient;
 use vigo_proto::agent::check_in_response::Reply;
 use vigo_proto::agent::resource_result::Status;
-use vigo_proto::agent::{
-    CheckInRequest, CheckInResponse, ReportRequest, RunReport, WatchEvent, WatchRequest, watch_event,
-};
+use vigo_proto::agent::{CheckInRequest, CheckInResponse, ReportRequest, RunReport, SessionEvent, session_event};
 use vigo_proto::bundle::{Bundle, SignedBundle};
 
 use crate::cache::Cache;
@@ -64,8 +62,17 @@ pub struct Envoy {
     cache: Cache,
     options: RunOptions,
     channel: Option<Channel>,
-    /// The held watch: the server pushes here when a new stack goes live.
-    watch: Option<tonic::Streaming<WatchEvent>>,
+    /// The held session: check-ins travel on it, and the server pushes on it when a new stack
+    /// goes live.
+    session: Option<Session>,
+}
+
+/// An open `Agent.Session`: check-ins go out on `tx`, answers and pushes come back on `events`.
+struct Session {
+    tx: tokio::sync::mpsc::Sender<CheckInRequest>,
+    events: tonic::Streaming<SessionEvent>,
+    /// A push that arrived while an answer was awaited: acted on at the next wait.
+    pushed: Option<u64>,
 }
 
 fn now_ms() -> i64 {
@@ -81,7 +88,7 @@ impl Envoy {
     pub fn open(options: RunOptions) -> anyhow::Result<Self> {
         let identity = crate::identity::load(&options.data_dir)?;
         let cache = Cache::open(&options.data_dir).context("cannot open the envoy cache")?;
-        Ok(Self { identity, cache, options, channel: None, watch: None })
+        Ok(Self { identity, cache, options, channel: None, session: None })
     }
 
     async fn client(&mut self) -> Option<AgentClient<Channel>> {
@@ -129,9 +136,15 @@ impl Envoy {
         let mut send_traits = false;
         for _ in 0..2 {
             let req = self.signed_check_in(send_traits.then_some(traits_json), traits_hash, fingerprint)?;
-            match client.check_in(req).await {
+            // Traits go with a call of their own, never on the session (see agent.proto); a
+            // single run (`--once`) holds nothing.
+            let answered = if send_traits || self.options.once {
+                client.check_in(req).await.map(tonic::Response::into_inner)
+            } else {
+                self.session_check_in(&mut client, req).await
+            };
+            match answered {
                 Ok(response) => {
-                    let response = response.into_inner();
                     if response.send_traits && !send_traits {
                         send_traits = true;
                         continue;
@@ -140,6 +153,7 @@ impl Envoy {
                 }
                 Err(status) if status.code() == tonic::Code::Unavailable || status.code() == tonic::Code::Unknown => {
                     tracing::warn!("check-in failed: {}", status_text(&status));
+                    self.session = None;
                     self.channel = None;
                     return Ok(None);
                 }
@@ -147,6 +161,44 @@ impl Envoy {
             }
         }
         anyhow::bail!("server keeps asking for traits it was sent")
+    }
+
+    /// One check-in on the held session, opening it when there is none.
+    async fn session_check_in(
+        &mut self,
+        client: &mut AgentClient<Channel>,
+        req: CheckInRequest,
+    ) -> Result<CheckInResponse, tonic::Status> {
+        let gone = |_| tonic::Status::unavailable("the session ended");
+        match &self.session {
+            Some(session) => session.tx.send(req).await.map_err(gone)?,
+            None => {
+                let (tx, rx) = tokio::sync::mpsc::channel(2);
+                tx.send(req).await.map_err(gone)?;
+                let requests = tokio_stream::wrappers::ReceiverStream::new(rx);
+                let events = client.session(requests).await?.into_inner();
+                self.session = Some(Session { tx, events, pushed: None });
+            }
+        }
+        let session = self.session.as_mut().expect("opened above");
+        let answer = tokio::time::timeout(CALL_TIMEOUT, async {
+            loop {
+                match session.events.message().await? {
+                    Some(SessionEvent { kind: Some(session_event::Kind::CheckIn(response)) }) => return Ok(response),
+                    Some(SessionEvent { kind: Some(session_event::Kind::PushRequested(push)) }) => {
+                        session.pushed = Some(push.stack_version);
+                    }
+                    Some(_) => continue,
+                    None => return Err(tonic::Status::unavailable("the session ended")),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| Err(tonic::Status::unavailable("no answer on the session")));
+        if answer.is_err() {
+            self.session = None;
+        }
+        answer
     }
 
     fn verify(&self, signed: &SignedBundle) -> anyhow::Result<Bundle> {
@@ -238,24 +290,6 @@ impl Envoy {
         }
     }
 
-    /// Opens a watch on the current connection, so a publish reaches this envoy at once.
-    async fn open_watch(&mut self) -> Option<tonic::Streaming<WatchEvent>> {
-        let mut client = self.client().await?;
-        let mut req = WatchRequest {
-            envoy_id: self.identity.envoy_id.clone(),
-            counter: self.cache.next_counter().ok()?,
-            signature: Vec::new(),
-        };
-        req.signature = self.identity.key.sign(&vigo_proto::signing::watch_bytes(&req)).to_bytes().to_vec();
-        match client.watch(req).await {
-            Ok(stream) => Some(stream.into_inner()),
-            Err(status) => {
-                tracing::warn!("cannot hold a watch, checking in on the interval only: {}", status_text(&status));
-                None
-            }
-        }
-    }
-
     /// Runs iterations until interrupted (or once).
     pub async fn run(&mut self) -> anyhow::Result<bool> {
         let mut backoff = BACKOFF_START;
@@ -276,21 +310,18 @@ impl Envoy {
                 backoff = (backoff * 2).min(cap);
                 wait
             };
-            if iteration.online && self.watch.is_none() {
-                self.watch = self.open_watch().await;
-            }
             let sleep = tokio::time::sleep(wait);
             tokio::pin!(sleep);
             loop {
                 tokio::select! {
                     _ = &mut sleep => break,
-                    pushed = next_push(self.watch.as_mut()) => match pushed {
+                    pushed = next_session_push(&mut self.session) => match pushed {
                         Some(version) => {
                             println!("push: stack v{version} is live, checking in now");
                             break;
                         }
-                        // The watch ended (server restarting): wait out the interval as before.
-                        None => self.watch = None,
+                        // The session ended (server restarting): wait out the interval as before.
+                        None => self.session = None,
                     },
                     _ = tokio::signal::ctrl_c() => return Ok(!failed),
                 }
@@ -309,12 +340,15 @@ pub fn verify_bundle(key: &VerifyingKey, signed: &SignedBundle) -> anyhow::Resul
     Bundle::decode(signed.bundle.as_slice()).context("bundle does not decode")
 }
 
-/// The next push on `watch`; `None` when it ends. Never resolves without a watch.
-pub async fn next_push(watch: Option<&mut tonic::Streaming<WatchEvent>>) -> Option<u64> {
-    let Some(watch) = watch else { return std::future::pending().await };
+/// The next push on the session; `None` when it ends. Never resolves without a session.
+async fn next_session_push(session: &mut Option<Session>) -> Option<u64> {
+    let Some(session) = session else { return std::future::pending().await };
+    if let Some(version) = session.pushed.take() {
+        return Some(version);
+    }
     loop {
-        match watch.message().await {
-            Ok(Some(WatchEvent { kind: Some(watch_event::Kind::PushRequested(push)) })) => {
+        match session.events.message().await {
+            Ok(Some(SessionEvent { kind: Some(session_event::Kind::PushRequested(push)) })) => {
                 return Some(push.stack_version);
             }
             Ok(Some(_)) => continue,

@@ -12,7 +12,9 @@ use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 use tonic::transport::Channel;
 use vigo_proto::agent::agent_client::AgentClient;
 use vigo_proto::agent::check_in_response::Reply;
-use vigo_proto::agent::{CheckInRequest, CheckInResponse, SessionEvent, WatchEvent, WatchRequest, session_event};
+use vigo_proto::agent::{
+    CheckInRequest, CheckInResponse, SessionEvent, WatchEvent, WatchRequest, session_event, watch_event,
+};
 use vigo_proto::bundle::SignedBundle;
 use vigo_proto::tls::{client_config, connect, connect_from, ed25519_pkcs8};
 use vigo_proto::token::Token;
@@ -306,5 +308,20 @@ impl FakeEnvoy {
         self.fingerprint = signed.fingerprint.clone();
         self.stack_version = bundle.stack_version;
         Ok(bundle.stack_version)
+    }
+}
+
+/// The next push on a held `Watch` (the `held` transport); `None` when it ends. Never resolves
+/// without a watch.
+pub async fn next_push(watch: Option<&mut tonic::Streaming<WatchEvent>>) -> Option<u64> {
+    let Some(watch) = watch else { return std::future::pending().await };
+    loop {
+        match watch.message().await {
+            Ok(Some(WatchEvent { kind: Some(watch_event::Kind::PushRequested(push)) })) => {
+                return Some(push.stack_version);
+            }
+            Ok(Some(_)) => continue,
+            Ok(None) | Err(_) => return None,
+        }
     }
 }

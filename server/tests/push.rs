@@ -1,5 +1,5 @@
 //! Held connections: an envoy waiting out a long check-in interval gets a publish at once,
-//! pushed through its watch; and a server with watches open still stops cleanly on SIGTERM.
+//! pushed through its session; and a server with sessions open still stops cleanly on SIGTERM.
 
 mod support;
 
@@ -76,7 +76,7 @@ fn a_publish_is_pushed_to_a_waiting_envoy_and_the_server_still_stops_cleanly() {
     wait_for(&lines, "stack v2", Duration::from_secs(30));
     assert_eq!(std::fs::read_to_string(root.join("generation")).unwrap(), "two\n");
 
-    // The envoy's watch is still open: SIGTERM must still end the server cleanly.
+    // The envoy's session is still open: SIGTERM must still end the server cleanly.
     server.stop();
     let _ = envoy.kill();
     let _ = envoy.wait();

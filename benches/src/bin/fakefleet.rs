@@ -18,8 +18,7 @@ use clap::{Parser, ValueEnum};
 use ed25519_dalek::VerifyingKey;
 use futures::StreamExt;
 use rand::Rng;
-use vigo_agent::run::next_push;
-use vigo_benches::fleet::{Cluster, FakeEnvoy, Outcome, Transport};
+use vigo_benches::fleet::{Cluster, FakeEnvoy, Outcome, Transport, next_push};
 use vigo_benches::report::{PublishReport, Report, quantile};
 use vigo_benches::scrape::{Sample, scrape};
 
