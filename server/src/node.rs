@@ -10,13 +10,14 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use vigo_log::{LogError, LogNode};
+use vigo_proto::agent::CheckInResponse;
 use vigo_proto::events::{Event, EventEnvelope, EventProposal, event::Kind};
 use vigo_state::{ControlError, ControlState, FleetIndex};
 
 use crate::admission::UploadBudget;
 use crate::bundles::BundleCache;
-use crate::check_in::CheckInContext;
-use crate::metrics::{LogCommitOutcome, Metrics};
+use crate::check_in::{CheckInContext, Refusal};
+use crate::metrics::{CheckInOutcome, LogCommitOutcome, Metrics};
 use crate::pki::Pki;
 
 /// Settings of a running server.
@@ -118,6 +119,19 @@ impl Node {
             uploads: &self.uploads,
         };
         f(&ctx)
+    }
+
+    /// Answers one check-in with `answer` and counts it for `/metrics` (outcome and time in the
+    /// handler): two clock reads and two atomic adds, nothing that waits or grows with the fleet
+    /// (I-3). Every way a check-in arrives (a call, a session message) goes through here.
+    pub fn answer_check_in(
+        &self,
+        answer: impl FnOnce(&CheckInContext<'_>) -> Result<CheckInResponse, Refusal>,
+    ) -> Result<CheckInResponse, Refusal> {
+        let started = Instant::now();
+        let answered = self.with_check_in(answer);
+        self.metrics.record_check_in(CheckInOutcome::of(&answered), started.elapsed());
+        answered
     }
 
     /// Validates `make(state)`'s event and commits it; answers after the commit.

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
-use std::time::Instant;
 
 use ed25519_dalek::{Signature, VerifyingKey};
 use sha2::{Digest, Sha256};
@@ -21,7 +20,7 @@ use vigo_proto::token::Token;
 
 use crate::check_in::Refusal;
 use crate::limits::{HOSTNAME_BYTES_MAX, PUSH_RATE_PER_S, PUSH_SPREAD_MS_MAX};
-use crate::metrics::{CheckInOutcome, ReportOutcome};
+use crate::metrics::ReportOutcome;
 use crate::node::{Node, now_ms};
 use crate::services::peer_cert_sha256;
 
@@ -107,8 +106,10 @@ impl Session {
                 }
             };
             match step {
-                SessionStep::Stop | SessionStep::Message(Ok(None)) | SessionStep::Message(Err(_)) => return None,
-                SessionStep::StackMoved(false) => return None,
+                SessionStep::Stop
+                | SessionStep::Message(Ok(None))
+                | SessionStep::Message(Err(_))
+                | SessionStep::StackMoved(false) => return None,
                 SessionStep::StackMoved(true) => {
                     let envoy_id = self.envoy_id.as_deref().unwrap_or_default();
                     let delay = push_delay(envoy_id, self.node.control().n_envoys());
@@ -121,15 +122,15 @@ impl Session {
                     return Some((Ok(SessionEvent { kind: Some(kind) }), self));
                 }
                 SessionStep::Message(Ok(Some(req))) => {
-                    let started = Instant::now();
-                    let answered = if req.traits_json.is_empty() {
-                        self.node.with_check_in(|ctx| crate::check_in::check_in(ctx, self.peer, &req, now_ms()))
-                    } else {
-                        // A stream keeps a buffer the size of its largest message for as long as
-                        // it is open: ~150 KB of traits would stay with every session.
-                        Err(Refusal::Malformed("traits are sent with CheckIn, not on a session"))
-                    };
-                    self.node.metrics.record_check_in(CheckInOutcome::of(&answered), started.elapsed());
+                    let peer = self.peer;
+                    let answered = self.node.answer_check_in(|ctx| {
+                        if !req.traits_json.is_empty() {
+                            // A stream keeps a buffer the size of its largest message for as long
+                            // as it is open: ~150 KB of traits would stay with every session.
+                            return Err(Refusal::Malformed("traits are sent with CheckIn, not on a session"));
+                        }
+                        crate::check_in::check_in(ctx, peer, &req, now_ms())
+                    });
                     return Some(match answered {
                         Ok(response) => {
                             if self.envoy_id.is_none() {
@@ -215,10 +216,7 @@ impl Agent for AgentService {
     async fn check_in(&self, request: Request<CheckInRequest>) -> Result<Response<CheckInResponse>, Status> {
         let peer = peer_cert_sha256(&request);
         let req = request.into_inner();
-        // Two clock reads and two atomic adds: nothing that waits or grows with the fleet (I-3).
-        let started = Instant::now();
-        let answered = self.node.with_check_in(|ctx| crate::check_in::check_in(ctx, peer, &req, now_ms()));
-        self.node.metrics.record_check_in(CheckInOutcome::of(&answered), started.elapsed());
+        let answered = self.node.answer_check_in(|ctx| crate::check_in::check_in(ctx, peer, &req, now_ms()));
         Ok(Response::new(answered?))
     }
 
