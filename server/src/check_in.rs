@@ -240,6 +240,27 @@ mod tests {
     const ENVOY: &str = "e-0000000000000001";
     const CERT: [u8; 32] = [4; 32];
 
+    /// What a check-in touches, owned: a control state, an empty fleet index and bundle cache,
+    /// and an upload budget of `uploads` a second.
+    struct Server {
+        control: ControlState,
+        fleet: FleetIndex,
+        bundles: BundleCache,
+        uploads: UploadBudget,
+    }
+
+    impl Server {
+        fn new(control: ControlState, uploads: u32) -> Self {
+            let bundles = BundleCache::new(SigningKey::from_bytes(&[7; 32]));
+            Self { control, fleet: FleetIndex::default(), bundles, uploads: UploadBudget::new(uploads) }
+        }
+
+        fn ctx(&self) -> CheckInContext<'_> {
+            let (control, fleet, bundles, uploads) = (&self.control, &self.fleet, &self.bundles, &self.uploads);
+            CheckInContext { control, fleet, bundles, check_in_interval_s: 60, uploads }
+        }
+    }
+
     fn enrolled(key: &SigningKey) -> ControlState {
         fleet_of(&[(ENVOY.to_string(), key.clone())])
     }
@@ -282,17 +303,8 @@ mod tests {
     fn a_burst_of_unknown_traits_beyond_the_upload_budget_is_answered_with_backoff() {
         let envoys: Vec<(String, SigningKey)> =
             (0..30u8).map(|i| (format!("e-{i:016x}"), SigningKey::from_bytes(&[i + 1; 32]))).collect();
-        let control = fleet_of(&envoys);
-        let fleet = FleetIndex::default();
-        let bundles = BundleCache::new(SigningKey::from_bytes(&[7; 32]));
-        let uploads = UploadBudget::new(10);
-        let ctx = CheckInContext {
-            control: &control,
-            fleet: &fleet,
-            bundles: &bundles,
-            check_in_interval_s: 60,
-            uploads: &uploads,
-        };
+        let server = Server::new(fleet_of(&envoys), 10);
+        let ctx = server.ctx();
         let now_ms = 5_000_000;
         let (mut asked, mut backed_off) = (0, 0);
         for (id, key) in &envoys {
@@ -354,17 +366,8 @@ mod tests {
     #[test]
     fn traits_that_are_not_a_json_object_are_refused_and_the_stored_ones_kept() {
         let key = SigningKey::from_bytes(&[9; 32]);
-        let control = enrolled(&key);
-        let fleet = FleetIndex::default();
-        let bundles = BundleCache::new(SigningKey::from_bytes(&[7; 32]));
-        let uploads = UploadBudget::new(10);
-        let ctx = CheckInContext {
-            control: &control,
-            fleet: &fleet,
-            bundles: &bundles,
-            check_in_interval_s: 60,
-            uploads: &uploads,
-        };
+        let server = Server::new(enrolled(&key), 10);
+        let (ctx, fleet) = (server.ctx(), &server.fleet);
         let good = r#"{"os":{"family":"debian"}}"#;
         check_in(&ctx, Some(CERT), &with_traits(&key, 1, good), 1).unwrap();
 
