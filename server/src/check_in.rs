@@ -117,35 +117,29 @@ pub fn check_in(
     let known = sent_traits.is_some() || ctx.fleet.has_traits(&req.envoy_id, &req.traits_hash);
     ctx.fleet.record_check_in(&req.envoy_id, &req.bundle_fingerprint, &req.traits_hash, sent_traits);
 
-    let next_check_in_s = next_check_in_s(&req.envoy_id, ctx.check_in_interval_s, now_ms);
-    let mut response = CheckInResponse { next_check_in_s, ..Default::default() };
-    let ask_for_traits = |mut response: CheckInResponse| {
+    let ask_for_traits = || {
         let waiting = ctx.control.n_envoys().saturating_sub(ctx.fleet.n_with_traits());
-        match ctx.uploads.try_take(now_ms, &req.envoy_id, waiting, ctx.check_in_interval_s) {
-            // Unknown traits: ask for them, and check in again at once.
-            Ok(()) => {
-                response.send_traits = true;
-                response.next_check_in_s = 0;
-                response.reply = Some(Reply::NoChange(NoChange {}));
-            }
-            // More uploads than the server takes in a second: come back later (admission.rs).
-            Err(retry_after_s) => {
-                response.next_check_in_s = retry_after_s;
-                response.reply = Some(Reply::Backoff(Backoff { retry_after_s }));
-            }
-        }
-        Ok(response)
+        let (reply, send_traits, next_check_in_s) =
+            match ctx.uploads.try_take(now_ms, &req.envoy_id, waiting, ctx.check_in_interval_s) {
+                // Unknown traits: ask for them, and check in again at once.
+                Ok(()) => (Reply::NoChange(NoChange {}), true, 0),
+                // More uploads than the server takes in a second: come back later (admission.rs).
+                Err(retry_after_s) => (Reply::Backoff(Backoff { retry_after_s }), false, retry_after_s),
+            };
+        Ok(CheckInResponse { reply: Some(reply), send_traits, next_check_in_s })
     };
     if !known {
-        return ask_for_traits(response);
+        return ask_for_traits();
     }
+    let next_check_in_s = next_check_in_s(&req.envoy_id, ctx.check_in_interval_s, now_ms);
+    let mut response = CheckInResponse { next_check_in_s, ..Default::default() };
     let Some(live) = ctx.control.stack() else {
         response.reply = Some(Reply::NoChange(NoChange {}));
         return Ok(response);
     };
     let traits = || ctx.fleet.traits_if_current(&req.envoy_id, &req.traits_hash).map(Traits::new);
     let Some(bundle) = ctx.bundles.bundle_for(live, &envoy.hostname, &req.traits_hash, traits)? else {
-        return ask_for_traits(response);
+        return ask_for_traits();
     };
     response.reply = Some(if bundle.fingerprint == req.bundle_fingerprint {
         Reply::NoChange(NoChange {})
