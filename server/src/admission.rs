@@ -34,9 +34,9 @@ impl UploadBudget {
     pub fn try_take(&self, now_ms: i64, envoy_id: &str, waiting: usize, interval_s: u32) -> Result<(), u32> {
         let mut bucket = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
         let rate = f64::from(self.rate_per_s);
-        if bucket.at_ms != i64::MIN && now_ms > bucket.at_ms {
-            bucket.tokens = (bucket.tokens + (now_ms - bucket.at_ms) as f64 * rate / 1000.0).min(rate);
-        }
+        // A clock going backwards adds nothing.
+        let elapsed_ms = now_ms.saturating_sub(bucket.at_ms).max(0) as f64;
+        bucket.tokens = (bucket.tokens + elapsed_ms * rate / 1000.0).min(rate);
         bucket.at_ms = bucket.at_ms.max(now_ms);
         if bucket.tokens >= 1.0 {
             bucket.tokens -= 1.0;
