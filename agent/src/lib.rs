@@ -18,4 +18,5 @@ pub use error::{Error, Result};
 pub mod enroll;
 pub mod identity;
 pub mod run;
+pub mod session;
 pub mod traits;

@@ -17,11 +17,12 @@ use tonic::transport::Channel;
 use vigo_proto::agent::agent_client::AgentClient;
 use vigo_proto::agent::check_in_response::Reply;
 use vigo_proto::agent::resource_result::Status;
-use vigo_proto::agent::{CheckInRequest, CheckInResponse, ReportRequest, RunReport, SessionEvent, session_event};
+use vigo_proto::agent::{CheckInRequest, CheckInResponse, ReportRequest, RunReport};
 use vigo_proto::bundle::{Bundle, SignedBundle};
 
 use crate::cache::Cache;
 use crate::identity::Identity;
+use crate::session::Session;
 
 /// How long one call to the server may take before the server counts as away.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -65,14 +66,6 @@ pub struct Envoy {
     /// The held session: check-ins travel on it, and the server pushes on it when a new stack
     /// goes live.
     session: Option<Session>,
-}
-
-/// An open `Agent.Session`: check-ins go out on `tx`, answers and pushes come back on `events`.
-struct Session {
-    tx: tokio::sync::mpsc::Sender<CheckInRequest>,
-    events: tonic::Streaming<SessionEvent>,
-    /// A push that arrived while an answer was awaited: acted on at the next wait.
-    pushed: Option<u64>,
 }
 
 fn now_ms() -> i64 {
@@ -163,42 +156,27 @@ impl Envoy {
         anyhow::bail!("server keeps asking for traits it was sent")
     }
 
-    /// One check-in on the held session, opening it when there is none.
+    /// One check-in on the held session, opening it when there is none; a failed one closes it.
     async fn session_check_in(
         &mut self,
         client: &mut AgentClient<Channel>,
         req: CheckInRequest,
     ) -> Result<CheckInResponse, tonic::Status> {
-        let gone = |_| tonic::Status::unavailable("the session ended");
-        match &self.session {
-            Some(session) => session.tx.send(req).await.map_err(gone)?,
-            None => {
-                let (tx, rx) = tokio::sync::mpsc::channel(2);
-                tx.send(req).await.map_err(gone)?;
-                let requests = tokio_stream::wrappers::ReceiverStream::new(rx);
-                let events = client.session(requests).await?.into_inner();
-                self.session = Some(Session { tx, events, pushed: None });
-            }
-        }
-        let session = self.session.as_mut().expect("opened above");
-        let answer = tokio::time::timeout(CALL_TIMEOUT, async {
-            loop {
-                match session.events.message().await? {
-                    Some(SessionEvent { kind: Some(session_event::Kind::CheckIn(response)) }) => return Ok(response),
-                    Some(SessionEvent { kind: Some(session_event::Kind::PushRequested(push)) }) => {
-                        session.pushed = Some(push.stack_version);
-                    }
-                    Some(_) => continue,
-                    None => return Err(tonic::Status::unavailable("the session ended")),
-                }
+        let answered = tokio::time::timeout(CALL_TIMEOUT, async {
+            match &mut self.session {
+                Some(session) => session.check_in(req).await,
+                None => Session::open(client, req).await.map(|(session, answer)| {
+                    self.session = Some(session);
+                    answer
+                }),
             }
         })
         .await
         .unwrap_or_else(|_| Err(tonic::Status::unavailable("no answer on the session")));
-        if answer.is_err() {
+        if answered.is_err() {
             self.session = None;
         }
-        answer
+        answered
     }
 
     fn verify(&self, signed: &SignedBundle) -> anyhow::Result<Bundle> {
@@ -342,18 +320,9 @@ pub fn verify_bundle(key: &VerifyingKey, signed: &SignedBundle) -> anyhow::Resul
 
 /// The next push on the session; `None` when it ends. Never resolves without a session.
 async fn next_session_push(session: &mut Option<Session>) -> Option<u64> {
-    let Some(session) = session else { return std::future::pending().await };
-    if let Some(version) = session.pushed.take() {
-        return Some(version);
-    }
-    loop {
-        match session.events.message().await {
-            Ok(Some(SessionEvent { kind: Some(session_event::Kind::PushRequested(push)) })) => {
-                return Some(push.stack_version);
-            }
-            Ok(Some(_)) => continue,
-            Ok(None) | Err(_) => return None,
-        }
+    match session {
+        Some(session) => session.next_push().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -10,11 +10,10 @@ use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use rand::RngCore;
 use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 use tonic::transport::Channel;
+use vigo_agent::session::Session;
 use vigo_proto::agent::agent_client::AgentClient;
 use vigo_proto::agent::check_in_response::Reply;
-use vigo_proto::agent::{
-    CheckInRequest, CheckInResponse, SessionEvent, WatchEvent, WatchRequest, session_event, watch_event,
-};
+use vigo_proto::agent::{CheckInRequest, CheckInResponse, WatchEvent, WatchRequest, watch_event};
 use vigo_proto::bundle::SignedBundle;
 use vigo_proto::tls::{client_config, connect, connect_from, ed25519_pkcs8};
 use vigo_proto::token::Token;
@@ -76,7 +75,7 @@ pub struct FakeEnvoy {
     /// Local address its connections leave from.
     pub source: Option<IpAddr>,
     channel: Option<AgentClient<Channel>>,
-    session: Option<SessionConn>,
+    session: Option<Session>,
 }
 
 /// How a fake envoy's check-ins travel.
@@ -88,14 +87,6 @@ pub enum Transport {
     Held,
     /// One held connection and one `Session` stream carrying check-ins and pushes.
     Session,
-}
-
-/// An open `Session`: check-ins go out on `tx`, answers and pushes come back on `events`.
-struct SessionConn {
-    tx: tokio::sync::mpsc::Sender<CheckInRequest>,
-    events: tonic::Streaming<SessionEvent>,
-    /// Pushes that arrived while waiting for an answer.
-    pushes: u32,
 }
 
 impl FakeEnvoy {
@@ -190,48 +181,25 @@ impl FakeEnvoy {
     }
 
     async fn session_exchange(&mut self, server: &str, req: CheckInRequest) -> anyhow::Result<CheckInResponse> {
-        match &self.session {
-            Some(session) => session.tx.send(req).await.map_err(|_| anyhow::anyhow!("session closed"))?,
-            None => {
-                let mut client = self.client(server).await?;
-                let (tx, rx) = tokio::sync::mpsc::channel(2);
-                tx.send(req).await.map_err(|_| anyhow::anyhow!("session closed"))?;
-                let requests = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
-                let events =
-                    client.session(requests).await.map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?;
-                self.session = Some(SessionConn { tx, events: events.into_inner(), pushes: 0 });
-            }
+        let status = |s: tonic::Status| anyhow::anyhow!("{:?}: {}", s.code(), s.message());
+        if let Some(session) = &mut self.session {
+            return session.check_in(req).await.map_err(status);
         }
-        let session = self.session.as_mut().expect("opened above");
-        loop {
-            let event =
-                session.events.message().await.map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?;
-            match event.and_then(|e| e.kind) {
-                Some(session_event::Kind::CheckIn(response)) => return Ok(response),
-                Some(session_event::Kind::PushRequested(_)) => session.pushes += 1,
-                None => bail!("session ended"),
-            }
-        }
+        let mut client = self.client(server).await?;
+        let (session, answer) = Session::open(&mut client, req).await.map_err(status)?;
+        self.session = Some(session);
+        Ok(answer)
     }
 
     /// Waits for the next push on the open session; `None` (and the session closed) when it
     /// ends, and never returns without a session.
     pub async fn next_session_push(&mut self) -> Option<()> {
         let Some(session) = self.session.as_mut() else { return std::future::pending().await };
-        if session.pushes > 0 {
-            session.pushes -= 1;
-            return Some(());
+        if session.next_push().await.is_none() {
+            self.session = None;
+            return None;
         }
-        loop {
-            match session.events.message().await {
-                Ok(Some(SessionEvent { kind: Some(session_event::Kind::PushRequested(_)) })) => return Some(()),
-                Ok(Some(_)) => continue,
-                Ok(None) | Err(_) => {
-                    self.session = None;
-                    return None;
-                }
-            }
-        }
+        Some(())
     }
 
     async fn client(&mut self, server: &str) -> anyhow::Result<AgentClient<Channel>> {
