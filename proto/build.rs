@@ -2,8 +2,13 @@
 //! protobuf compiler, so no system `protoc` is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files =
-        ["proto/vigo/events.proto", "proto/vigo/bundle.proto", "proto/vigo/agent.proto", "proto/vigo/admin.proto"];
+    let files = [
+        "proto/vigo/events.proto",
+        "proto/vigo/bundle.proto",
+        "proto/vigo/agent.proto",
+        "proto/vigo/admin.proto",
+        "proto/vigo/fleet.proto",
+    ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }

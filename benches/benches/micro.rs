@@ -9,7 +9,7 @@ use vigo_proto::chain::{seal, to_hash};
 use vigo_proto::events::{
     EnvoyEnrolled, Event, EventEnvelope, EventProposal, StackPublished, TokenCreated, event::Kind,
 };
-use vigo_state::{ControlState, FleetIndex, TraitStore};
+use vigo_state::{ControlState, FleetIndex, FleetStore, Scope, TraitStore};
 
 fn proposal(kind: Kind, at: i64) -> EventProposal {
     EventProposal { proposed_at_ms: at, actor: "admin:bench".into(), event: Some(Event { kind: Some(kind) }) }
@@ -132,5 +132,44 @@ fn traits(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, signature, fleet_index, apply, traits);
+/// What the fleet snapshot costs: writing 1,000 envoys that checked in (traits unchanged, so
+/// records only) out of 1,000 hosts with 150 KB inventories, and reading those hosts back.
+fn fleet_store(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fleet.sqlite");
+    let fleet = FleetIndex::default();
+    let ids: Vec<String> = (0..1_000).map(|i| format!("e-{i:016x}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let (json, hash) = vigo_benches::inventory::for_host(i as u32, &format!("fleet-{i}"));
+        fleet.accept(id, 1, 1).unwrap();
+        fleet.record_check_in(id, &[6; 32], &hash, Some(fleet.trait_store().intern_json(&json).unwrap()));
+    }
+    let mut store = FleetStore::open(&path).unwrap();
+    store.flush(&fleet, Scope::All).unwrap();
+    let mut counter = 1;
+    c.bench_function("fleet_store/flush_1k_check_ins", |b| {
+        b.iter_batched(
+            || {
+                counter += 1;
+                for id in &ids {
+                    fleet.accept(id, counter, counter as i64).unwrap();
+                }
+            },
+            |()| assert_eq!(store.flush(&fleet, Scope::All).unwrap().envoys, 1_000),
+            criterion::BatchSize::PerIteration,
+        )
+    });
+    let mut group = c.benchmark_group("fleet_store");
+    group.sample_size(10);
+    group.bench_function("load_1k_hosts", |b| {
+        b.iter(|| {
+            let fleet = FleetIndex::default();
+            assert_eq!(FleetStore::open(&path).unwrap().load(&fleet).unwrap().with_traits, 1_000);
+            fleet
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, signature, fleet_index, apply, traits, fleet_store);
 criterion_main!(benches);

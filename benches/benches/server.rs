@@ -12,7 +12,7 @@ use vigo_proto::agent::CheckInRequest;
 use vigo_proto::agent::check_in_response::Reply;
 use vigo_proto::chain::seal;
 use vigo_proto::events::{EnvoyEnrolled, Event, EventProposal, StackPublished, TokenCreated, event::Kind};
-use vigo_server::admission::UploadBudget;
+use vigo_server::admission::{QueueDelay, UploadBudget};
 use vigo_server::bundles::BundleCache;
 use vigo_server::check_in::{CheckInContext, check_in};
 use vigo_server::stack::Stack;
@@ -54,24 +54,37 @@ fn archive(files: &BTreeMap<String, Vec<u8>>) -> Vec<u8> {
 
 /// A control state with one token, one enrolled envoy and the example stack published.
 fn control(envoy_key: &SigningKey) -> ControlState {
+    control_of(envoy_key, 0)
+}
+
+/// The same with `others` more envoys enrolled (keys never used).
+fn control_of(envoy_key: &SigningKey, others: u32) -> ControlState {
     let archive = archive(&stack_files());
-    let kinds = [
-        Kind::TokenCreated(TokenCreated { token_sha256: vec![1; 32], uses: 1, expires_at_ms: 0 }),
+    let enrolled = |envoy_id: String, hostname: String, pubkey: Vec<u8>| {
         Kind::EnvoyEnrolled(EnvoyEnrolled {
-            envoy_id: "e-0000000000000001".into(),
-            hostname: "web-1.example.com".into(),
-            pubkey: envoy_key.verifying_key().to_bytes().to_vec(),
+            envoy_id,
+            hostname,
+            pubkey,
             token_sha256: vec![1; 32],
             cert_sha256: CERT_SHA256.to_vec(),
-        }),
-        Kind::StackPublished(StackPublished {
-            version: 1,
-            sha256: Sha256::digest(&archive).to_vec(),
-            archive,
-            author: "admin:bench".into(),
-            message: String::new(),
-        }),
+        })
+    };
+    let mut kinds = vec![
+        Kind::TokenCreated(TokenCreated { token_sha256: vec![1; 32], uses: others + 1, expires_at_ms: 0 }),
+        enrolled(
+            "e-0000000000000001".into(),
+            "web-1.example.com".into(),
+            envoy_key.verifying_key().to_bytes().to_vec(),
+        ),
     ];
+    kinds.extend((0..others).map(|i| enrolled(format!("e-1{i:015x}"), format!("other-{i}.example.com"), vec![3; 32])));
+    kinds.push(Kind::StackPublished(StackPublished {
+        version: 1,
+        sha256: Sha256::digest(&archive).to_vec(),
+        archive,
+        author: "admin:bench".into(),
+        message: String::new(),
+    }));
     let mut state = ControlState::default();
     for kind in kinds {
         let proposal =
@@ -100,12 +113,14 @@ fn check_ins(c: &mut Criterion) {
     let fleet = FleetIndex::default();
     let bundles = BundleCache::new(SigningKey::from_bytes(&[7; 32]));
     let uploads = UploadBudget::new(200);
+    let queue_delay = QueueDelay::new(std::time::Duration::from_millis(100));
     let ctx = CheckInContext {
         control: &control,
         fleet: &fleet,
         bundles: &bundles,
         check_in_interval_s: 60,
         uploads: &uploads,
+        queue_delay: &queue_delay,
     };
     let traits = r#"{"hostname":"web-1.example.com","os":{"family":"debian"}}"#;
     let peer = Some(CERT_SHA256);
@@ -178,5 +193,51 @@ fn compile(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, check_ins, compile);
+/// The same no-change check-in in fleets of 1,000 and 50,000 envoys (all enrolled and seen):
+/// its cost must not grow with the fleet.
+fn check_ins_by_fleet_size(c: &mut Criterion) {
+    let envoy_key = SigningKey::from_bytes(&[9; 32]);
+    let traits = r#"{"hostname":"web-1.example.com","os":{"family":"debian"}}"#;
+    let mut group = c.benchmark_group("check_in/no_change_fleet");
+    for size in [1_000u32, 50_000] {
+        let control = control_of(&envoy_key, size - 1);
+        let fleet = FleetIndex::default();
+        for i in 0..size - 1 {
+            fleet.accept(&format!("e-1{i:015x}"), 1, 1).unwrap();
+        }
+        let (bundles, uploads) = (BundleCache::new(SigningKey::from_bytes(&[7; 32])), UploadBudget::new(200));
+        let queue_delay = QueueDelay::new(std::time::Duration::from_millis(100));
+        let ctx = CheckInContext {
+            control: &control,
+            fleet: &fleet,
+            bundles: &bundles,
+            check_in_interval_s: 60,
+            uploads: &uploads,
+            queue_delay: &queue_delay,
+        };
+        let mut first = signed(&envoy_key, 1, traits, &[]);
+        first.traits_json = traits.to_string();
+        first.signature = envoy_key.sign(&vigo_proto::signing::check_in_bytes(&first)).to_bytes().to_vec();
+        let Some(Reply::Bundle(bundle)) = check_in(&ctx, Some(CERT_SHA256), &first, 1).unwrap().reply else {
+            panic!("no bundle")
+        };
+        let mut counter = 1;
+        group.bench_function(size.to_string(), |b| {
+            b.iter_batched(
+                || {
+                    counter += 1;
+                    signed(&envoy_key, counter, traits, &bundle.fingerprint)
+                },
+                |req| {
+                    let reply = check_in(&ctx, Some(CERT_SHA256), black_box(&req), 2).unwrap();
+                    assert!(matches!(reply.reply, Some(Reply::NoChange(_))));
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, check_ins, check_ins_by_fleet_size, compile);
 criterion_main!(benches);

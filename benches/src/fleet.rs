@@ -130,6 +130,11 @@ impl FakeEnvoy {
         self.channel = None;
     }
 
+    /// Hash of its inventory, once a check-in computed it.
+    pub fn traits_hash(&self) -> Option<[u8; 32]> {
+        self.traits_hash
+    }
+
     /// A check-in request with the next counter, carrying `traits_json` (may be empty), signed.
     pub fn signed_request(&mut self, traits_hash: &[u8], traits_json: String) -> CheckInRequest {
         self.counter += 1;

@@ -7,6 +7,8 @@ use std::process::{Child, Command, Stdio};
 
 use sha2::{Digest, Sha256};
 use vigo_benches::fleet::{Cluster, FakeEnvoy, Transport};
+use vigo_proto::agent::CheckInResponse;
+use vigo_proto::agent::check_in_response::Reply;
 
 fn bin(name: &str) -> PathBuf {
     let dir = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_path_buf();
@@ -38,16 +40,8 @@ fn fakefleet_over_sessions_checks_in_and_gets_the_publish_pushed() {
 /// connection they are taken, and a new session goes on without them.
 #[test]
 fn a_session_refuses_traits_and_a_call_takes_them() {
-    let (dir, server, grpc, _http) = start_server();
-    let out = Command::new(bin("vigocli"))
-        .args(["--server", &grpc, "--creds"])
-        .arg(dir.path().join("server/admin"))
-        .args(["-o", "json", "token", "create", "--uses", "1"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let token = created["token"].as_str().unwrap().to_string();
+    let (dir, server, grpc, _http) = start_server(&[]);
+    let token = token(&dir, &grpc, 1);
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
@@ -75,12 +69,97 @@ fn a_session_refuses_traits_and_a_call_takes_them() {
     drop(server);
 }
 
-/// A fresh vigosrv on loopback: its data dir, the process, and its gRPC and HTTP addresses.
-fn start_server() -> (tempfile::TempDir, Server, String, String) {
+/// A burst the server cannot keep up with (every envoy uploading its 150 KB inventory at once,
+/// against a 5 ms queue-delay cap): every check-in is answered, those that came while the
+/// server was behind with `Backoff`, none with an error or a timeout; the envoys told to back
+/// off are served when they come back.
+#[test]
+fn a_burst_beyond_the_queue_delay_cap_is_answered_with_backoff_not_errors() {
+    const ENVOYS: u32 = 40;
+    let (dir, server, grpc, _http) = start_server(&["--check-in-queue-max-ms", "5"]);
+    let token = token(&dir, &grpc, ENVOYS);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap();
+    runtime.block_on(async {
+        let cluster = Cluster::discover(&grpc, &token).await.unwrap();
+        let mut envoys = Vec::new();
+        for index in 0..ENVOYS {
+            let channel = cluster.enroll_channel().await.unwrap();
+            let (mut envoy, _) = FakeEnvoy::enroll(&cluster, channel, &token, index, None).await.unwrap();
+            let (inventory, hash) = vigo_benches::inventory::for_host(index, &envoy.hostname);
+            // One check-in each, one at a time, opens the connections the burst goes over.
+            let asked = served(&mut envoy, &grpc, &hash, "").await;
+            assert!(asked.send_traits, "{}: {asked:?}", envoy.hostname);
+            envoys.push((envoy, inventory, hash));
+        }
+        // Signed first, sent together.
+        let burst = envoys.into_iter().map(|(mut envoy, inventory, hash)| {
+            let grpc = grpc.clone();
+            let req = envoy.signed_request(&hash, inventory.clone());
+            tokio::spawn(async move {
+                let answer = envoy.exchange(&grpc, req, Transport::Held).await;
+                (envoy, inventory, hash, answer)
+            })
+        });
+        let (mut taken, mut backed_off) = (0, Vec::new());
+        for answered in futures::future::join_all(burst).await {
+            let (envoy, inventory, hash, answer) = answered.unwrap();
+            let answer = answer.unwrap_or_else(|e| panic!("{}: {e:#}", envoy.hostname));
+            match answer.reply {
+                Some(Reply::Backoff(b)) => {
+                    assert!(b.retry_after_s >= 1, "{b:?}");
+                    backed_off.push((envoy, inventory, hash));
+                }
+                _ => {
+                    assert!(!answer.send_traits, "{}: {answer:?}", envoy.hostname);
+                    taken += 1;
+                }
+            }
+        }
+        assert!(!backed_off.is_empty(), "{ENVOYS} uploads at once against a 5 ms cap: some must back off");
+        assert!(taken > 0, "the server took uploads until it fell behind");
+        for (envoy, inventory, hash) in &mut backed_off {
+            let answer = served(envoy, &grpc, hash.as_slice(), inventory).await;
+            assert!(!answer.send_traits, "{} is served when it comes back: {answer:?}", envoy.hostname);
+        }
+    });
+    drop(server);
+}
+
+/// A check-in, sent again (bounded) while the server says to back off: on a machine busy with
+/// other tests the server may be behind at any time.
+async fn served(envoy: &mut FakeEnvoy, grpc: &str, hash: &[u8], traits: &str) -> CheckInResponse {
+    for _ in 0..200 {
+        let req = envoy.signed_request(hash, traits.to_string());
+        let answer = envoy.exchange(grpc, req, Transport::Held).await.unwrap();
+        if !matches!(answer.reply, Some(Reply::Backoff(_))) {
+            return answer;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{} still told to back off after 200 tries", envoy.hostname);
+}
+
+/// A token for `uses` enrollments.
+fn token(dir: &tempfile::TempDir, grpc: &str, uses: u32) -> String {
+    let out = Command::new(bin("vigocli"))
+        .args(["--server", grpc, "--creds"])
+        .arg(dir.path().join("server/admin"))
+        .args(["-o", "json", "token", "create", "--uses", &uses.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    created["token"].as_str().unwrap().to_string()
+}
+
+/// A fresh vigosrv on loopback with `extra` flags: its data dir, the process, and its gRPC and
+/// HTTP addresses.
+fn start_server(extra: &[&str]) -> (tempfile::TempDir, Server, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(bin("vigosrv"))
         .args(["run", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path().join("server"))
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
@@ -99,7 +178,7 @@ fn start_server() -> (tempfile::TempDir, Server, String, String) {
 /// Runs 6 envoys in `mode` against a fresh vigosrv, publishing mid-run; checks the report and
 /// returns it.
 fn run_fleet(mode: &str) -> serde_json::Value {
-    let (dir, server, grpc, http) = start_server();
+    let (dir, server, grpc, http) = start_server(&[]);
 
     let json = dir.path().join("report.json");
     let out = Command::new(bin("fakefleet"))

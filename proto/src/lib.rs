@@ -29,6 +29,12 @@ pub mod admin {
     tonic::include_proto!("vigo.admin");
 }
 
+/// The fleet snapshot vigosrv keeps in SQLite: observations and interned traits.
+pub mod fleet {
+    #![allow(clippy::all)]
+    tonic::include_proto!("vigo.fleet");
+}
+
 pub mod chain;
 pub mod codec;
 pub mod fds;

@@ -3,8 +3,20 @@
 //!
 //! Traits uploads are the expensive requests (about ten check-ins' worth of CPU each), and a
 //! restart makes every envoy's traits unknown at once; [`UploadBudget`] meters the asks.
+//!
+//! [`QueueDelay`] caps how long check-ins wait. A check-in that arrives while the server is
+//! behind waits where no counter sees it: in the socket's buffer until its connection's task is
+//! polled, then in the run queue. Counting calls in flight at the service would see almost
+//! none of that (tokio runs a task it just spawned next, so a call is answered right after it
+//! is accepted). What does see it is time: a probe task sleeps a few milliseconds at a time in
+//! the same run queues, and how late it wakes is how long any task waits there. Past the cap,
+//! every check-in (a call or a session message) is answered `Backoff` before any other work,
+//! signature included, so shedding costs next to nothing and the backlog drains instead of
+//! growing until envoys time out.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::check_in::envoy_point;
 
@@ -47,9 +59,82 @@ impl UploadBudget {
     }
 }
 
+/// How far behind the server is: the overshoot of a probe task's timer, which waits in the same
+/// run queues as every connection. See the module docs.
+#[derive(Debug)]
+pub struct QueueDelay {
+    lag_us: AtomicU64,
+    max_us: u64,
+}
+
+impl QueueDelay {
+    /// Check-ins are shed while the lag is above `max`.
+    pub fn new(max: Duration) -> Arc<Self> {
+        Arc::new(Self { lag_us: AtomicU64::new(0), max_us: max.as_micros() as u64 })
+    }
+
+    /// The lag the probe last measured.
+    pub fn lag(&self) -> Duration {
+        Duration::from_micros(self.lag_us.load(Ordering::Relaxed))
+    }
+
+    /// The lag beyond which check-ins are shed.
+    pub fn max(&self) -> Duration {
+        Duration::from_micros(self.max_us)
+    }
+
+    /// Whether check-ins wait longer than allowed.
+    pub fn over_cap(&self) -> bool {
+        self.lag_us.load(Ordering::Relaxed) > self.max_us
+    }
+
+    /// Records a lag measured by [`Self::probe`] (or by a test).
+    pub fn record(&self, lag: Duration) {
+        self.lag_us.store(lag.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Measures the lag every [`PROBE_PERIOD`], for as long as the server runs.
+    pub async fn probe(self: Arc<Self>) {
+        let mut last = Instant::now();
+        loop {
+            tokio::time::sleep(PROBE_PERIOD).await;
+            let now = Instant::now();
+            self.record(now.duration_since(last).saturating_sub(PROBE_PERIOD));
+            last = now;
+        }
+    }
+}
+
+/// How often [`QueueDelay::probe`] measures: often enough that shedding starts within a few
+/// milliseconds of a backlog forming, rarely enough to cost nothing (200 wake-ups a second).
+pub const PROBE_PERIOD: Duration = Duration::from_millis(5);
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_probe_measures_how_late_its_timer_fires() {
+        let delay = QueueDelay::new(Duration::from_millis(20));
+        let probe = tokio::spawn(delay.clone().probe());
+        tokio::time::sleep(PROBE_PERIOD * 2).await;
+        // Hold the runtime's only thread for 60 ms, as a backlog of work would: the probe's
+        // next wake-up is at least 55 ms late.
+        std::thread::sleep(Duration::from_millis(60));
+        let mut seen = Duration::ZERO;
+        for _ in 0..1_000 {
+            // Each yield lets the runtime fire due timers, the probe's among them.
+            tokio::task::yield_now().await;
+            seen = seen.max(delay.lag());
+            if delay.over_cap() {
+                break;
+            }
+        }
+        probe.abort();
+        assert!(seen >= Duration::from_millis(40), "{seen:?}");
+        delay.record(Duration::from_millis(1));
+        assert!(!delay.over_cap(), "a later measure on time ends the shedding");
+    }
 
     #[test]
     fn a_burst_beyond_the_budget_is_told_to_back_off_and_the_budget_refills() {

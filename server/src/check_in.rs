@@ -20,9 +20,9 @@ use vigo_proto::agent::{
 };
 use vigo_state::{ControlState, EnvoyEntry, FleetIndex, Replay, TraitsError};
 
-use crate::admission::UploadBudget;
+use crate::admission::{QueueDelay, UploadBudget};
 use crate::bundles::{BundleCache, BundleError};
-use crate::limits::{REPORT_RUNS_MAX, TRAITS_BYTES_MAX};
+use crate::limits::{REPORT_RUNS_MAX, SHED_RETRY_WINDOW_S, TRAITS_BYTES_MAX};
 use crate::stack::traits::Traits;
 
 /// What a check-in may touch (I-3).
@@ -37,6 +37,8 @@ pub struct CheckInContext<'a> {
     pub check_in_interval_s: u32,
     /// Traits uploads the server may ask for now.
     pub uploads: &'a UploadBudget,
+    /// How far behind the server is: past its cap, every check-in is told to back off.
+    pub queue_delay: &'a QueueDelay,
 }
 
 /// Why a check-in or report is refused. Small and cheap: no boxing on the hot path.
@@ -99,6 +101,14 @@ pub fn check_in(
     req: &CheckInRequest,
     now_ms: i64,
 ) -> Result<CheckInResponse, Refusal> {
+    if ctx.queue_delay.over_cap() {
+        // Check-ins wait longer than they may: shed this one before any work, the envoy comes
+        // back at its own point of a short window (admission.rs).
+        let window_s = ctx.check_in_interval_s.clamp(1, SHED_RETRY_WINDOW_S);
+        let retry_after_s = 1 + envoy_point(&req.envoy_id, u64::from(window_s)) as u32;
+        let reply = Some(Reply::Backoff(Backoff { retry_after_s }));
+        return Ok(CheckInResponse { reply, send_traits: false, next_check_in_s: retry_after_s });
+    }
     if req.traits_json.len() > TRAITS_BYTES_MAX {
         return Err(Refusal::Malformed("traits exceed the size limit"));
     }
@@ -241,17 +251,20 @@ mod tests {
         fleet: FleetIndex,
         bundles: BundleCache,
         uploads: UploadBudget,
+        queue_delay: Arc<QueueDelay>,
     }
 
     impl Server {
         fn new(control: ControlState, uploads: u32) -> Self {
             let bundles = BundleCache::new(SigningKey::from_bytes(&[7; 32]));
-            Self { control, fleet: FleetIndex::default(), bundles, uploads: UploadBudget::new(uploads) }
+            let (fleet, uploads) = (FleetIndex::default(), UploadBudget::new(uploads));
+            let queue_delay = QueueDelay::new(std::time::Duration::from_millis(100));
+            Self { control, fleet, bundles, uploads, queue_delay }
         }
 
         fn ctx(&self) -> CheckInContext<'_> {
             let (control, fleet, bundles, uploads) = (&self.control, &self.fleet, &self.bundles, &self.uploads);
-            CheckInContext { control, fleet, bundles, check_in_interval_s: 60, uploads }
+            CheckInContext { control, fleet, bundles, check_in_interval_s: 60, uploads, queue_delay: &self.queue_delay }
         }
     }
 
@@ -322,6 +335,24 @@ mod tests {
         let (id, key) = &envoys[29];
         let reply = check_in(&ctx, Some(CERT), &signed_by(id, key, 2, &[3; 32]), now_ms + 1_000).unwrap();
         assert!(reply.send_traits);
+    }
+
+    #[test]
+    fn past_the_queue_delay_cap_every_check_in_backs_off_before_any_work() {
+        let key = SigningKey::from_bytes(&[5; 32]);
+        let server = Server::new(enrolled(&key), 10);
+        let ctx = server.ctx();
+        server.queue_delay.record(std::time::Duration::from_millis(150));
+        let reply = check_in(&ctx, Some(CERT), &signed_by(ENVOY, &key, 7, &[3; 32]), 1_000).unwrap();
+        let Some(Reply::Backoff(b)) = reply.reply else { panic!("{reply:?}") };
+        assert!((1..=SHED_RETRY_WINDOW_S).contains(&b.retry_after_s), "{b:?}");
+        assert_eq!(reply.next_check_in_s, b.retry_after_s);
+        assert!(server.fleet.get(ENVOY).is_none(), "shed before the fleet index is touched");
+        // Once the server has caught up, the same request is served (its counter unused).
+        server.queue_delay.record(std::time::Duration::from_millis(2));
+        let reply = check_in(&ctx, Some(CERT), &signed_by(ENVOY, &key, 7, &[3; 32]), 1_000).unwrap();
+        assert!(reply.send_traits, "{reply:?}");
+        assert_eq!(server.fleet.get(ENVOY).unwrap().last_counter, 7);
     }
 
     fn with_traits(key: &SigningKey, counter: u64, traits: &str) -> CheckInRequest {

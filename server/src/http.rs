@@ -109,6 +109,18 @@ fn metrics_page(node: &Node, now_ms: i64) -> String {
         "Bytes of the trait values' strings, numbers and member lists.",
         traits.heap_bytes,
     );
+    render_gauge(
+        &mut out,
+        "vigo_queue_delay_seconds",
+        "How late the server's probe timer last fired: how long work waits; past the cap, check-ins back off.",
+        node.queue_delay.lag().as_secs_f64(),
+    );
+    render_gauge(
+        &mut out,
+        "vigo_queue_delay_max_seconds",
+        "The queue delay beyond which check-ins are told to back off.",
+        node.queue_delay.max().as_secs_f64(),
+    );
     metrics::render_heap(&mut out);
     metrics::render_process(&mut out);
     out

@@ -11,6 +11,7 @@ pub mod admission;
 pub mod bundles;
 pub mod check_in;
 pub mod error;
+pub mod flusher;
 pub mod http;
 pub mod limits;
 pub mod metrics;
@@ -41,6 +42,10 @@ pub struct RunConfig {
     pub check_in_interval_s: u32,
     /// HTTP status listener address, if any.
     pub http: Option<SocketAddr>,
+    /// How old, at most, the fleet snapshot (`DATA_DIR/fleet.sqlite`) may be.
+    pub flush_interval: std::time::Duration,
+    /// How long check-ins may wait for the server before they are told to back off.
+    pub check_in_queue_max: std::time::Duration,
 }
 
 /// Runs the server until `shutdown` resolves.
@@ -63,7 +68,11 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 
     let listen = listener.local_addr()?;
     let log =
         vigo_log::LogNode::open(&config.data_dir, 1, listen.to_string()).await.context("cannot open the event log")?;
-    let settings = Settings { listen: listen.to_string(), check_in_interval_s: config.check_in_interval_s };
+    let settings = Settings {
+        listen: listen.to_string(),
+        check_in_interval_s: config.check_in_interval_s,
+        check_in_queue_max: config.check_in_queue_max,
+    };
     let node = Node::new(log, pki, settings);
     let state = node.control();
     tracing::info!(
@@ -72,6 +81,27 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 
         stack_version = state.stack_version(),
         "state rebuilt from the log"
     );
+    let flusher = {
+        let path = config.data_dir.join("fleet.sqlite");
+        let (loading, started) = (node.clone(), std::time::Instant::now());
+        let store = tokio::task::spawn_blocking(move || -> Result<_, vigo_state::StoreError> {
+            let mut store = vigo_state::FleetStore::open(&path)?;
+            let report = store.load(&loading.fleet)?;
+            Ok((store, report))
+        });
+        let (store, report) = store.await?.context("cannot read the fleet snapshot")?;
+        tracing::info!(
+            envoys = report.envoys,
+            with_traits = report.with_traits,
+            traits_lost = report.traits_lost,
+            unreadable = report.unreadable,
+            trait_rows = report.nodes,
+            rewrite = report.rewrite,
+            ms = started.elapsed().as_millis() as u64,
+            "fleet index rehydrated from its snapshot"
+        );
+        flusher::Flusher::start(node.clone(), store, config.flush_interval).context("cannot start the fleet flusher")?
+    };
 
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(&node.pki.server_cert_pem, &node.pki.server_key_pem))
@@ -88,6 +118,7 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 
         None => None,
     };
     let _follow_stack = AbortOnDrop(tokio::spawn(node.clone().follow_stack()));
+    let _probe = AbortOnDrop(tokio::spawn(node.queue_delay.clone().probe()));
     let stopping = node.clone();
     let shutdown = async move {
         shutdown.await;
@@ -111,6 +142,7 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 
         .await
         .context("server failed")?;
     tracing::info!("shutting down");
+    tokio::task::spawn_blocking(move || flusher.stop()).await?;
     node.log.shutdown().await.context("log shutdown")?;
     Ok(())
 }

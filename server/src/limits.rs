@@ -37,3 +37,14 @@ pub const PUSH_SPREAD_MS_MAX: u64 = 5_000;
 /// quarter of the machine: the rest are told to back off and come back, spread over the time
 /// the backlog needs (at most one interval), instead of all uploading at once and timing out.
 pub const TRAITS_UPLOADS_PER_S_PER_CORE: u32 = 150;
+
+/// How long check-ins may wait for the server before it sheds them (`--check-in-queue-max-ms`,
+/// `admission::QueueDelay`): far above the ~1 ms a check-in takes at 5,000 a second on two
+/// cores, far below the 30 s after which an envoy gives up on an answer. Past it, a check-in is
+/// answered `Backoff` at once, before its signature is checked, so shedding costs almost
+/// nothing and the backlog drains instead of timing out.
+pub const CHECK_IN_QUEUE_MAX_MS: u64 = 100;
+
+/// An envoy told to back off because the server was behind comes back at its own point of a
+/// window this long (or of its interval, if shorter).
+pub const SHED_RETRY_WINDOW_S: u32 = 10;

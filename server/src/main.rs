@@ -33,6 +33,13 @@ enum Command {
         /// Seconds between check-ins envoys are asked to keep.
         #[arg(long, default_value_t = 60)]
         check_in_interval: u32,
+        /// Seconds the fleet snapshot (`DATA_DIR/fleet.sqlite`) may lag behind: at most this
+        /// much of the observations is lost on a crash.
+        #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
+        flush_interval: f64,
+        /// Milliseconds check-ins may wait for the server; beyond, they are answered `Backoff`.
+        #[arg(long, default_value_t = vigo_server::limits::CHECK_IN_QUEUE_MAX_MS, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+        check_in_queue_max_ms: u64,
     },
 }
 
@@ -46,10 +53,18 @@ fn main() {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { data_dir, listen, http, check_in_interval } => {
+        Command::Run { data_dir, listen, http, check_in_interval, flush_interval, check_in_queue_max_ms } => {
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+            let flush_interval = std::time::Duration::from_secs_f64(flush_interval);
             runtime.block_on(vigo_server::run(
-                vigo_server::RunConfig { data_dir, listen, check_in_interval_s: check_in_interval, http },
+                vigo_server::RunConfig {
+                    data_dir,
+                    listen,
+                    check_in_interval_s: check_in_interval,
+                    http,
+                    flush_interval,
+                    check_in_queue_max: std::time::Duration::from_millis(check_in_queue_max_ms),
+                },
                 shutdown_signal(),
             ))
         }
@@ -57,6 +72,13 @@ fn main() {
     if let Err(e) = result {
         eprintln!("vigosrv: {e:#}");
         std::process::exit(1);
+    }
+}
+
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s.is_finite() && (0.01..=86_400.0).contains(&s) => Ok(s),
+        _ => Err(format!("'{text}' is not a number of seconds between 0.01 and 86400")),
     }
 }
 

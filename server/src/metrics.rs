@@ -49,6 +49,19 @@ const LOG_COMMIT_BOUNDS_NS: &[u64] = &[
     5_000_000_000,
 ];
 
+/// Upper bounds (ns) of the fleet snapshot flush buckets: 1 ms (a few envoys) to 10 s.
+const FLUSH_BOUNDS_NS: &[u64] = &[
+    1_000_000,
+    5_000_000,
+    10_000_000,
+    50_000_000,
+    100_000_000,
+    500_000_000,
+    1_000_000_000,
+    5_000_000_000,
+    10_000_000_000,
+];
+
 /// Linux reports process CPU time in clock ticks of USER_HZ, which is 100 on every
 /// architecture Linux supports (the kernel converts to it for userspace). Asking `sysconf`
 /// would need `unsafe`, which the workspace denies.
@@ -147,6 +160,11 @@ impl Counter {
         self.0.fetch_add(1, Relaxed);
     }
 
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Relaxed);
+    }
+
     /// The current value.
     pub fn get(&self) -> u64 {
         self.0.load(Relaxed)
@@ -217,6 +235,10 @@ pub struct Metrics {
     log_commits: [Counter; LogCommitOutcome::ALL.len()],
     check_in_duration: Histogram,
     log_commit_duration: Histogram,
+    flush_duration: Histogram,
+    flush_failures: Counter,
+    flushed_envoys: Counter,
+    flushed_trait_rows: Counter,
 }
 
 impl Default for Metrics {
@@ -227,6 +249,10 @@ impl Default for Metrics {
             log_commits: Default::default(),
             check_in_duration: Histogram::new(CHECK_IN_BOUNDS_NS),
             log_commit_duration: Histogram::new(LOG_COMMIT_BOUNDS_NS),
+            flush_duration: Histogram::new(FLUSH_BOUNDS_NS),
+            flush_failures: Counter::default(),
+            flushed_envoys: Counter::default(),
+            flushed_trait_rows: Counter::default(),
         }
     }
 }
@@ -249,6 +275,18 @@ impl Metrics {
         self.log_commits[outcome as usize].inc();
         if let Some(elapsed) = proposed_for {
             self.log_commit_duration.observe(elapsed);
+        }
+    }
+
+    /// Counts a fleet snapshot flush: what it wrote, or `None` when it failed.
+    pub fn record_flush(&self, report: Option<&vigo_state::FlushReport>) {
+        match report {
+            Some(report) => {
+                self.flush_duration.observe(report.elapsed);
+                self.flushed_envoys.add(report.envoys as u64);
+                self.flushed_trait_rows.add(report.nodes as u64);
+            }
+            None => self.flush_failures.inc(),
         }
     }
 
@@ -284,6 +322,27 @@ impl Metrics {
             "vigo_log_commit_duration_seconds",
             "Time from proposing a control write to its commit and apply; refused writes are not proposed.",
         );
+        self.flush_duration.render(
+            out,
+            "vigo_fleet_flush_duration_seconds",
+            "Time to write one group of the fleet index to the SQLite snapshot.",
+        );
+        for (name, help, counter) in [
+            (
+                "vigo_fleet_flush_failures_total",
+                "Fleet snapshot flushes that failed (the next one rewrites it whole).",
+                &self.flush_failures,
+            ),
+            ("vigo_fleet_flushed_envoys_total", "Envoy records written to the fleet snapshot.", &self.flushed_envoys),
+            (
+                "vigo_fleet_flushed_trait_rows_total",
+                "Trait value rows written to the fleet snapshot.",
+                &self.flushed_trait_rows,
+            ),
+        ] {
+            header(out, name, help, "counter");
+            let _ = writeln!(out, "{name} {}", counter.get());
+        }
     }
 }
 

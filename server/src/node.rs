@@ -14,7 +14,7 @@ use vigo_proto::agent::CheckInResponse;
 use vigo_proto::events::{Event, EventEnvelope, EventProposal, event::Kind};
 use vigo_state::{ControlError, ControlState, FleetIndex};
 
-use crate::admission::UploadBudget;
+use crate::admission::{QueueDelay, UploadBudget};
 use crate::bundles::BundleCache;
 use crate::check_in::{CheckInContext, Refusal};
 use crate::metrics::{CheckInOutcome, LogCommitOutcome, Metrics};
@@ -27,6 +27,8 @@ pub struct Settings {
     pub listen: String,
     /// Seconds between check-ins envoys are asked to keep.
     pub check_in_interval_s: u32,
+    /// How long check-ins may wait before they are told to back off.
+    pub check_in_queue_max: std::time::Duration,
 }
 
 /// Why a control write did not happen.
@@ -50,6 +52,8 @@ pub struct Node {
     pub bundles: BundleCache,
     /// Traits uploads the server may still ask for this second.
     pub uploads: UploadBudget,
+    /// How far behind the server is; past its cap, check-ins are told to back off.
+    pub queue_delay: Arc<QueueDelay>,
     /// Key material.
     pub pki: Pki,
     /// Settings.
@@ -61,6 +65,10 @@ pub struct Node {
     /// Set when the server stops: open watches end, so the graceful shutdown can finish.
     pub stopping: tokio::sync::watch::Sender<bool>,
     write_lock: tokio::sync::Mutex<()>,
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Milliseconds since the Unix epoch.
@@ -77,10 +85,8 @@ impl Node {
             log,
             fleet: FleetIndex::default(),
             bundles,
-            uploads: UploadBudget::new(
-                crate::limits::TRAITS_UPLOADS_PER_S_PER_CORE
-                    * std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
-            ),
+            uploads: UploadBudget::new(crate::limits::TRAITS_UPLOADS_PER_S_PER_CORE * cores() as u32),
+            queue_delay: QueueDelay::new(settings.check_in_queue_max),
             pki,
             settings,
             metrics: Metrics::default(),
@@ -117,6 +123,7 @@ impl Node {
             bundles: &self.bundles,
             check_in_interval_s: self.settings.check_in_interval_s,
             uploads: &self.uploads,
+            queue_delay: &self.queue_delay,
         };
         f(&ctx)
     }

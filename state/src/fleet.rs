@@ -4,11 +4,13 @@
 //! thing it writes: no log, no database. Every method takes a short, synchronous lock on one
 //! shard (never held across an `.await`), and no method on the check-in path does work
 //! proportional to the fleet size.
+//!
+//! Every change marks its envoy dirty; [`FleetIndex::take_dirty`] hands the dirty ones to the
+//! snapshot writer (`fleet_store`), which writes them to SQLite outside these locks.
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use vigo_proto::admin::RunSummary;
 
@@ -48,10 +50,36 @@ pub struct Replay {
     pub last: u64,
 }
 
+/// An envoy whose observation changed since the snapshot writer last took it.
+#[derive(Debug)]
+pub struct DirtyEnvoy {
+    /// Its id.
+    pub envoy_id: Arc<str>,
+    /// A copy of its observation.
+    pub observation: EnvoyObservation,
+    /// A reference to its traits (`observation.traits`), so they outlive the write.
+    pub traits: Option<HeldTraits>,
+}
+
+#[derive(Debug, Default)]
+struct Entry {
+    observation: EnvoyObservation,
+    dirty: bool,
+}
+
+type Shard = hashbrown::HashMap<Arc<str>, Entry, RandomState>;
+
+/// The envoy's observation in `shard`, marked dirty; created when new.
+fn changing<'a>(shard: &'a mut Shard, envoy_id: &str) -> &'a mut EnvoyObservation {
+    let entry = shard.entry_ref(envoy_id).or_default();
+    entry.dirty = true;
+    &mut entry.observation
+}
+
 /// Observations of the whole fleet. See the module docs.
 #[derive(Debug)]
 pub struct FleetIndex {
-    shards: Vec<Mutex<HashMap<Arc<str>, EnvoyObservation>>>,
+    shards: Vec<Mutex<Shard>>,
     hasher: RandomState,
     traits: Arc<TraitStore>,
     with_traits: AtomicUsize,
@@ -60,7 +88,7 @@ pub struct FleetIndex {
 impl Default for FleetIndex {
     fn default() -> Self {
         Self {
-            shards: (0..N_SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..N_SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             hasher: RandomState::new(),
             traits: Arc::new(TraitStore::default()),
             with_traits: AtomicUsize::new(0),
@@ -74,22 +102,19 @@ impl FleetIndex {
         &self.traits
     }
 
-    fn shard(&self, envoy_id: &str) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, EnvoyObservation>> {
-        let shard = &self.shards[(self.hasher.hash_one(envoy_id) as usize) % N_SHARDS];
-        // A panic while holding a shard leaves plain data behind; keep serving it.
-        shard.lock().unwrap_or_else(|p| p.into_inner())
+    fn shard(&self, envoy_id: &str) -> MutexGuard<'_, Shard> {
+        lock(&self.shards[(self.hasher.hash_one(envoy_id) as usize) % N_SHARDS])
     }
 
     /// Accepts a signed request: the counter must grow (anti-replay); marks the envoy seen.
     pub fn accept(&self, envoy_id: &str, counter: u64, now_ms: i64) -> Result<(), Replay> {
         let mut shard = self.shard(envoy_id);
-        let obs = match shard.get_mut(envoy_id) {
-            Some(obs) => obs,
-            None => shard.entry(Arc::from(envoy_id)).or_default(),
-        };
-        if counter <= obs.last_counter {
-            return Err(Replay { counter, last: obs.last_counter });
+        let entry = shard.entry_ref(envoy_id).or_default();
+        if counter <= entry.observation.last_counter {
+            return Err(Replay { counter, last: entry.observation.last_counter });
         }
+        entry.dirty = true;
+        let obs = &mut entry.observation;
         obs.last_counter = counter;
         obs.last_seen_ms = now_ms;
         Ok(())
@@ -106,12 +131,13 @@ impl FleetIndex {
         traits: Option<NodeId>,
     ) {
         let mut shard = self.shard(envoy_id);
-        let Some(obs) = shard.get_mut(envoy_id) else {
+        if !shard.contains_key(envoy_id) {
             if let Some(root) = traits {
                 self.traits.release(root);
             }
             return;
-        };
+        }
+        let obs = changing(&mut shard, envoy_id);
         if obs.bundle_fingerprint != bundle_fingerprint {
             obs.bundle_fingerprint = bundle_fingerprint.to_vec();
         }
@@ -135,13 +161,13 @@ impl FleetIndex {
     /// Whether the envoy's stored traits are the ones hashing to `traits_hash`.
     pub fn has_traits(&self, envoy_id: &str, traits_hash: &[u8]) -> bool {
         let shard = self.shard(envoy_id);
-        shard.get(envoy_id).is_some_and(|obs| obs.traits.is_some() && obs.traits_hash == traits_hash)
+        shard.get(envoy_id).is_some_and(|e| e.observation.traits.is_some() && e.observation.traits_hash == traits_hash)
     }
 
     /// A reference to the traits last sent by the envoy, if their hash is `traits_hash`.
     pub fn traits_if_current(&self, envoy_id: &str, traits_hash: &[u8]) -> Option<HeldTraits> {
         let shard = self.shard(envoy_id);
-        let obs = shard.get(envoy_id)?;
+        let obs = &shard.get(envoy_id)?.observation;
         let root = obs.traits.filter(|_| obs.traits_hash == traits_hash)?;
         // Retained under the shard lock: `record_check_in` cannot release it in between.
         self.traits.retain(root);
@@ -151,10 +177,7 @@ impl FleetIndex {
     /// Records a reported run.
     pub fn record_run(&self, envoy_id: &str, summary: RunSummary) {
         let mut shard = self.shard(envoy_id);
-        let obs = match shard.get_mut(envoy_id) {
-            Some(obs) => obs,
-            None => shard.entry(Arc::from(envoy_id)).or_default(),
-        };
+        let obs = changing(&mut shard, envoy_id);
         obs.reports_received += 1;
         let newer = obs.last_run.as_ref().is_none_or(|r| r.started_at_ms <= summary.started_at_ms);
         if newer {
@@ -164,12 +187,12 @@ impl FleetIndex {
 
     /// A copy of what is known of one envoy.
     pub fn get(&self, envoy_id: &str) -> Option<EnvoyObservation> {
-        self.shard(envoy_id).get(envoy_id).cloned()
+        self.shard(envoy_id).get(envoy_id).map(|e| e.observation.clone())
     }
 
     /// Number of envoys observed since start.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len()).sum()
+        self.shards.iter().map(|s| lock(s).len()).sum()
     }
 
     /// Whether nothing was observed yet.
@@ -182,13 +205,64 @@ impl FleetIndex {
     /// Scans the whole fleet, one shard lock at a time: for a metrics scrape or an operator,
     /// never for the check-in path (I-3).
     pub fn count_seen_since(&self, cutoff_ms: i64) -> usize {
-        self.shards
-            .iter()
-            .map(|s| {
-                s.lock().unwrap_or_else(|p| p.into_inner()).values().filter(|o| o.last_seen_ms >= cutoff_ms).count()
-            })
-            .sum()
+        self.shards.iter().map(|s| lock(s).values().filter(|e| e.observation.last_seen_ms >= cutoff_ms).count()).sum()
     }
+
+    /// Number of shards; [`Self::take_dirty`] takes a range of them.
+    pub const fn n_shards() -> usize {
+        N_SHARDS
+    }
+
+    /// The envoys in `shards` that changed since the last call, with their dirty marks
+    /// cleared. Scans those shards, one lock at a time: for the snapshot writer, never for
+    /// the check-in path (I-3).
+    pub fn take_dirty(&self, shards: std::ops::Range<usize>) -> Vec<DirtyEnvoy> {
+        let mut dirty = Vec::new();
+        for shard in &self.shards[shards] {
+            let mut shard = lock(shard);
+            for (envoy_id, entry) in shard.iter_mut().filter(|(_, e)| e.dirty) {
+                entry.dirty = false;
+                let observation = entry.observation.clone();
+                // Retained under the shard lock: `record_check_in` cannot release it in between.
+                let traits = observation.traits.map(|root| {
+                    self.traits.retain(root);
+                    HeldTraits::adopt(self.traits.clone(), root)
+                });
+                dirty.push(DirtyEnvoy { envoy_id: envoy_id.clone(), observation, traits });
+            }
+        }
+        dirty
+    }
+
+    /// Marks every envoy dirty, so the next [`Self::take_dirty`] hands over the whole fleet
+    /// (after a snapshot write failed).
+    pub fn mark_all_dirty(&self) {
+        for shard in &self.shards {
+            lock(shard).values_mut().for_each(|e| e.dirty = true);
+        }
+    }
+
+    /// Puts back an observation read from the snapshot, not dirty. Its traits root, if any,
+    /// is a reference in [`Self::trait_store`] that passes to the index. An envoy already
+    /// observed since the start keeps what it has.
+    pub fn restore(&self, envoy_id: &str, observation: EnvoyObservation) {
+        let mut shard = self.shard(envoy_id);
+        if shard.contains_key(envoy_id) {
+            if let Some(root) = observation.traits {
+                self.traits.release(root);
+            }
+            return;
+        }
+        if observation.traits.is_some() {
+            self.with_traits.fetch_add(1, Ordering::Relaxed);
+        }
+        shard.insert(Arc::from(envoy_id), Entry { observation, dirty: false });
+    }
+}
+
+fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    // A panic while holding a shard leaves plain data behind; keep serving it.
+    shard.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]
@@ -250,6 +324,27 @@ mod tests {
         // A refused (replayed) request does not.
         assert!(fleet.accept("e2", 1, 6_000).is_err());
         assert_eq!(fleet.count_seen_since(3_001), 1);
+    }
+
+    #[test]
+    fn changes_mark_envoys_dirty_once_and_refusals_do_not() {
+        let fleet = FleetIndex::default();
+        let all = 0..FleetIndex::n_shards();
+        fleet.accept("e1", 1, 10).unwrap();
+        fleet.accept("e1", 2, 20).unwrap();
+        fleet.accept("e2", 1, 10).unwrap();
+        let mut dirty: Vec<_> =
+            fleet.take_dirty(all.clone()).into_iter().map(|d| (d.envoy_id, d.observation)).collect();
+        dirty.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(dirty.len(), 2, "each envoy once");
+        assert_eq!((&*dirty[0].0, dirty[0].1.last_counter), ("e1", 2), "as of its last change");
+        assert!(fleet.take_dirty(all.clone()).is_empty(), "taken means clean");
+        assert!(fleet.accept("e1", 2, 30).is_err());
+        assert!(fleet.take_dirty(all.clone()).is_empty(), "a refused replay changes nothing");
+        fleet.record_run("e2", RunSummary { run_id: 1, ..Default::default() });
+        assert_eq!(fleet.take_dirty(all.clone()).len(), 1);
+        fleet.mark_all_dirty();
+        assert_eq!(fleet.take_dirty(all).len(), 2);
     }
 
     #[test]

@@ -14,12 +14,15 @@
 //! lookup at a time and never across an `.await`. Parsing happens under the write lock (it is
 //! interning), which costs about a millisecond per 150 KB document, once per traits change.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use hashbrown::HashTable;
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use vigo_proto::fleet::TraitNode as NodeRow;
+use vigo_proto::fleet::trait_node::Kind as RowKind;
 
 /// Index of a node in the arena.
 pub type NodeId = u32;
@@ -98,6 +101,23 @@ struct Arena {
     table: HashTable<NodeId>,
     hasher: RandomState,
     heap_bytes: usize,
+    rows: Rows,
+}
+
+/// Where the nodes stand in the fleet snapshot (`vigo_state::fleet_store`): each node's row,
+/// 0 while it has none. A node gets its row only after its children got theirs, so every row
+/// names rows that exist.
+#[derive(Default)]
+struct Rows {
+    of: Vec<u32>,
+    /// Rows of nodes freed since the writer last asked: to delete.
+    freed: Vec<u32>,
+    /// Rows deleted from the snapshot, free to give out again.
+    spare: Vec<u32>,
+    /// Highest row given out so far.
+    last: u32,
+    /// Set by a restore that met one value under two rows.
+    duplicates: bool,
 }
 
 impl Arena {
@@ -123,6 +143,7 @@ impl Arena {
                 let id = NodeId::try_from(self.nodes.len()).map_err(|_| TraitsError::Full)?;
                 self.nodes.push(Node::Null);
                 self.refs.push(0);
+                self.rows.of.push(0);
                 id
             }
         };
@@ -149,9 +170,96 @@ impl Arena {
             }
             let node = std::mem::replace(&mut self.nodes[id as usize], Node::Null);
             self.heap_bytes -= node.heap_bytes();
+            let row = std::mem::take(&mut self.rows.of[id as usize]);
+            if row != 0 {
+                self.rows.freed.push(row);
+            }
             pending.extend_from_slice(node.children());
             self.free.push(id);
         }
+    }
+
+    fn assign_rows(&mut self, id: NodeId, out: &mut Vec<(u32, NodeRow)>) -> u32 {
+        let row = self.rows.of[id as usize];
+        if row != 0 {
+            return row;
+        }
+        let children: Vec<u32> =
+            self.nodes[id as usize].children().to_vec().into_iter().map(|child| self.assign_rows(child, out)).collect();
+        let row = self.rows.spare.pop().unwrap_or_else(|| {
+            self.rows.last += 1;
+            self.rows.last
+        });
+        self.rows.of[id as usize] = row;
+        let (kind, boolean, text) = match &self.nodes[id as usize] {
+            Node::Null => (RowKind::Null, false, ""),
+            Node::Bool(b) => (RowKind::Bool, *b, ""),
+            Node::Number(n) => (RowKind::Number, false, &**n),
+            Node::String(s) => (RowKind::String, false, &**s),
+            Node::Array(_) => (RowKind::Array, false, ""),
+            Node::Object(_) => (RowKind::Object, false, ""),
+        };
+        out.push((row, NodeRow { kind: kind as i32, boolean, text: text.to_string(), children }));
+        row
+    }
+
+    /// Rebuilds the node written as `row`, with one reference for the caller; `None` when the
+    /// row or one under it is missing or malformed. `memo` holds one reference to every node
+    /// rebuilt so far, by row.
+    fn restore_row(
+        &mut self,
+        row: u32,
+        rows: &HashMap<u32, NodeRow>,
+        memo: &mut HashMap<u32, NodeId>,
+    ) -> Option<NodeId> {
+        if let Some(&id) = memo.get(&row) {
+            self.refs[id as usize] += 1;
+            return Some(id);
+        }
+        let encoded = rows.get(&row)?;
+        let node = match RowKind::try_from(encoded.kind).ok()? {
+            RowKind::Null => Node::Null,
+            RowKind::Bool => Node::Bool(encoded.boolean),
+            RowKind::Number => Node::Number(encoded.text.as_str().into()),
+            RowKind::String => Node::String(encoded.text.as_str().into()),
+            kind @ (RowKind::Array | RowKind::Object) => {
+                let mut ids = Vec::with_capacity(encoded.children.len());
+                let complete = (kind == RowKind::Array || encoded.children.len() % 2 == 0)
+                    && encoded.children.iter().all(|&child| match self.restore_row(child, rows, memo) {
+                        Some(id) => {
+                            ids.push(id);
+                            true
+                        }
+                        None => false,
+                    });
+                if !complete {
+                    for id in ids {
+                        self.release(id);
+                    }
+                    return None;
+                }
+                match kind {
+                    RowKind::Array => Node::Array(ids.into()),
+                    _ => Node::Object(ids.into()),
+                }
+            }
+        };
+        let children = node.children().to_vec();
+        let Ok(id) = self.intern(node) else {
+            for child in children {
+                self.release(child);
+            }
+            return None;
+        };
+        match self.rows.of[id as usize] {
+            // The same value under two rows: a freed node's row not yet deleted and the row of
+            // the same value interned again. The node keeps the first; the caller rewrites.
+            0 => self.rows.of[id as usize] = row,
+            _ => self.rows.duplicates = true,
+        }
+        self.refs[id as usize] += 1;
+        memo.insert(row, id);
+        Some(id)
     }
 
     fn string_of(&self, id: NodeId) -> &str {
@@ -329,6 +437,61 @@ impl TraitStore {
         let arena = self.read();
         StoreStats { nodes: arena.nodes.len() - arena.free.len(), heap_bytes: arena.heap_bytes }
     }
+
+    /// Gives a snapshot row to every node under `root` that has none yet, children before
+    /// parents, and appends each one's encoding to `out`; returns `root`'s row. A document
+    /// already written costs one lookup: its root has a row, so nothing under it is visited.
+    pub fn assign_rows(&self, root: NodeId, out: &mut Vec<(u32, NodeRow)>) -> u32 {
+        self.write().assign_rows(root, out)
+    }
+
+    /// Rows of the nodes freed since the last call: the snapshot should delete them.
+    pub fn take_freed_rows(&self) -> Vec<u32> {
+        std::mem::take(&mut self.write().rows.freed)
+    }
+
+    /// Rows now deleted from the snapshot: they may be given to new nodes.
+    pub fn rows_deleted(&self, rows: Vec<u32>) {
+        self.write().rows.spare.extend(rows);
+    }
+
+    /// Forgets every row, after a snapshot write failed: the next write starts from empty
+    /// tables and gives every node a row again.
+    pub fn forget_rows(&self) {
+        let mut arena = self.write();
+        arena.rows.of.fill(0);
+        arena.rows = Rows { of: std::mem::take(&mut arena.rows.of), ..Rows::default() };
+    }
+
+    /// Rebuilds documents from snapshot rows into an empty store: for each row in `roots`,
+    /// its document with one reference for the caller, or `None` when a row under it is
+    /// missing or malformed. Rows no document uses are handed to [`Self::take_freed_rows`],
+    /// so the snapshot sheds them.
+    ///
+    /// A snapshot written between a node's free and its row's deletion may hold the same
+    /// value under two rows; both rebuild to one node, and `duplicates` tells the caller to
+    /// rewrite the snapshot (its rows no longer match the store's).
+    pub fn restore(&self, rows: &HashMap<u32, NodeRow>, roots: &[u32]) -> Restored {
+        let mut arena = self.write();
+        let mut memo = HashMap::new();
+        let restored = roots.iter().map(|&root| arena.restore_row(root, rows, &mut memo)).collect();
+        // Rows never rebuilt go now; rebuilt ones no document kept go with their nodes' release.
+        arena.rows.freed.extend(rows.keys().copied().filter(|row| !memo.contains_key(row)));
+        for (_, id) in memo {
+            arena.release(id);
+        }
+        arena.rows.last = arena.rows.last.max(rows.keys().copied().max().unwrap_or(0));
+        Restored { roots: restored, duplicates: std::mem::take(&mut arena.rows.duplicates) }
+    }
+}
+
+/// What [`TraitStore::restore`] rebuilt.
+#[derive(Debug)]
+pub struct Restored {
+    /// For each root row asked for, its document (one reference each), if it could be rebuilt.
+    pub roots: Vec<Option<NodeId>>,
+    /// Whether some value was found under two rows: the snapshot needs a rewrite.
+    pub duplicates: bool,
 }
 
 /// One reference to a document in a store, given back when dropped: what a bundle compile
