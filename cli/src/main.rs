@@ -7,12 +7,15 @@ mod pack;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
 use tonic::transport::Channel;
 use vigo_proto::admin::admin_client::AdminClient;
-use vigo_proto::admin::{CreateTokenRequest, EnvoyInfo, ListEnvoysRequest, PublishStackRequest, RevokeEnvoyRequest};
+use vigo_proto::admin::{
+    Compliance, CreateTokenRequest, EnvoyInfo, ListEnvoysRequest, PublishStackRequest, ReportComplianceRequest,
+    ReportComplianceResponse, RevokeEnvoyRequest, ShowEnvoyRequest, ShowEnvoyResponse,
+};
 use vigo_proto::tls::{client_config, connect, read_certs, read_key};
 
 #[derive(Parser)]
@@ -51,6 +54,15 @@ enum Command {
     /// The event history.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Fleet-wide reports.
+    #[command(subcommand)]
+    Report(ReportCommand),
+}
+
+#[derive(Subcommand)]
+enum ReportCommand {
+    /// How many active envoys are compliant with the live stack, and which are not.
+    Compliance,
 }
 
 #[derive(Subcommand)]
@@ -82,6 +94,11 @@ enum ConfigCommand {
 enum EnvoysCommand {
     /// List envoys.
     List,
+    /// One envoy: what the server observed of it, its compliance and its traits.
+    Show {
+        /// Hostname or envoy id.
+        envoy: String,
+    },
     /// Revoke an envoy by hostname or id.
     Revoke {
         /// Hostname or envoy id.
@@ -163,8 +180,117 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Audit(AuditCommand::Log) => audit::log(&mut client, json_out).await?,
+        Command::Envoys(EnvoysCommand::Show { envoy }) => {
+            let shown =
+                client.show_envoy(ShowEnvoyRequest { envoy: envoy.clone() }).await.map_err(status)?.into_inner();
+            print_envoy(&shown, json_out)?;
+        }
+        Command::Report(ReportCommand::Compliance) => {
+            let report = client.report_compliance(ReportComplianceRequest {}).await.map_err(status)?.into_inner();
+            print_compliance(&report, json_out);
+        }
     }
     Ok(())
+}
+
+/// `compliant`, `failing`, `drifted`, `behind`, `never_reported` (the enum's names, lowercase).
+fn compliance_label(value: i32) -> String {
+    Compliance::try_from(value).unwrap_or(Compliance::Unspecified).as_str_name().to_ascii_lowercase()
+}
+
+fn print_envoy(shown: &ShowEnvoyResponse, json_out: bool) -> anyhow::Result<()> {
+    let info = shown.envoy.clone().unwrap_or_default();
+    let traits: serde_json::Value = if shown.traits_json.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&shown.traits_json).context("the server sent traits that are not JSON")?
+    };
+    if json_out {
+        let mut out = envoy_json(&info);
+        out["compliance"] = json!(compliance_label(shown.compliance));
+        out["last_counter"] = json!(shown.last_counter);
+        out["traits_hash"] = json!(hex::encode(&shown.traits_hash));
+        out["traits"] = traits;
+        println!("{out}");
+        return Ok(());
+    }
+    println!("envoy       {}", info.envoy_id);
+    println!("hostname    {}", info.hostname);
+    println!("state       {}", if info.revoked { "revoked" } else { "active" });
+    println!("compliance  {}", compliance_label(shown.compliance));
+    println!(
+        "last seen   {}",
+        if info.last_seen_ms == 0 { "never".to_string() } else { format!("{} ms since epoch", info.last_seen_ms) }
+    );
+    match &info.last_run {
+        Some(r) => println!(
+            "last run    v{}: {} changed, {} unchanged, {} failed, {} skipped{}{}",
+            r.stack_version,
+            r.changed,
+            r.unchanged,
+            r.failed,
+            r.skipped,
+            if r.noop { " (noop)" } else { "" },
+            if r.offline { " (offline)" } else { "" }
+        ),
+        None => println!("last run    none reported"),
+    }
+    match traits.as_object() {
+        Some(members) => {
+            let keys: Vec<&str> = members.keys().map(String::as_str).collect();
+            println!("traits      {} ({} bytes; -o json prints them)", keys.join(", "), shown.traits_json.len());
+        }
+        None => println!("traits      none held"),
+    }
+    Ok(())
+}
+
+fn print_compliance(report: &ReportComplianceResponse, json_out: bool) {
+    if json_out {
+        let noncompliant: Vec<serde_json::Value> = report
+            .noncompliant
+            .iter()
+            .map(|e| {
+                json!({
+                    "envoy_id": e.envoy_id,
+                    "hostname": e.hostname,
+                    "compliance": compliance_label(e.compliance),
+                    "last_seen_ms": e.last_seen_ms,
+                    "last_run_stack_version": e.last_run.map(|r| r.stack_version),
+                    "last_run_failed": e.last_run.map(|r| r.failed),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "stack_version": report.stack_version,
+                "envoys": report.envoys,
+                "compliant": report.compliant,
+                "failing": report.failing,
+                "drifted": report.drifted,
+                "behind": report.behind,
+                "never_reported": report.never_reported,
+                "offline": report.offline,
+                "noncompliant": noncompliant,
+            })
+        );
+        return;
+    }
+    println!(
+        "stack v{}: {} of {} active envoys compliant; {} failing, {} drifted, {} behind, {} never reported; {} offline",
+        report.stack_version,
+        report.compliant,
+        report.envoys,
+        report.failing,
+        report.drifted,
+        report.behind,
+        report.never_reported,
+        report.offline
+    );
+    for e in &report.noncompliant {
+        println!("{:<32} {}", e.hostname, compliance_label(e.compliance));
+    }
 }
 
 fn envoy_json(e: &EnvoyInfo) -> serde_json::Value {

@@ -20,9 +20,6 @@ use crate::node::{Node, now_ms};
 const REQUEST_BYTES_MAX: usize = 8 * 1024;
 /// A client that sends nothing for this long is dropped.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// An envoy is online when its last accepted request is at most this many check-in
-/// intervals old: one missed check-in (plus jitter) is not yet an outage.
-const ONLINE_INTERVALS: i64 = 3;
 
 /// Serves until the task is dropped.
 pub async fn serve(listener: TcpListener, node: Arc<Node>) {
@@ -83,7 +80,7 @@ fn respond(node: &Node, request_line: &str) -> (&'static str, &'static str, Stri
 /// The `/metrics` page: the counters and histograms, the gauges computed now, the process.
 fn metrics_page(node: &Node, now_ms: i64) -> String {
     let control = node.control();
-    let window_ms = ONLINE_INTERVALS * i64::from(node.settings.check_in_interval_s) * 1000;
+    let window_ms = crate::limits::ONLINE_INTERVALS * i64::from(node.settings.check_in_interval_s) * 1000;
     let mut out = String::with_capacity(8 * 1024);
     node.metrics.render(&mut out);
     render_gauge(&mut out, "vigo_envoys_known", "Envoys enrolled, revoked ones included.", control.n_envoys());

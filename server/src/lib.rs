@@ -10,6 +10,7 @@
 pub mod admission;
 pub mod bundles;
 pub mod check_in;
+pub mod compliance;
 pub mod error;
 pub mod flusher;
 pub mod http;

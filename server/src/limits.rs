@@ -48,3 +48,7 @@ pub const CHECK_IN_QUEUE_MAX_MS: u64 = 100;
 /// An envoy told to back off because the server was behind comes back at its own point of a
 /// window this long (or of its interval, if shorter).
 pub const SHED_RETRY_WINDOW_S: u32 = 10;
+
+/// An envoy is online when its last accepted request is at most this many check-in
+/// intervals old: one missed check-in (plus jitter) is not yet an outage.
+pub const ONLINE_INTERVALS: i64 = 3;

@@ -8,13 +8,15 @@ use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 use vigo_proto::admin::admin_server::Admin;
 use vigo_proto::admin::{
-    CreateTokenRequest, CreateTokenResponse, EnvoyInfo, ListEnvoysRequest, ListEnvoysResponse, PublishStackRequest,
-    PublishStackResponse, ReadHistoryRequest, ReadHistoryResponse, RevokeEnvoyRequest, RevokeEnvoyResponse,
+    Compliance, CreateTokenRequest, CreateTokenResponse, EnvoyCompliance, EnvoyInfo, ListEnvoysRequest,
+    ListEnvoysResponse, PublishStackRequest, PublishStackResponse, ReadHistoryRequest, ReadHistoryResponse,
+    ReportComplianceRequest, ReportComplianceResponse, RevokeEnvoyRequest, RevokeEnvoyResponse, ShowEnvoyRequest,
+    ShowEnvoyResponse,
 };
 use vigo_proto::events::event::Kind;
 use vigo_proto::events::{EnvoyRevoked, StackPublished, TokenCreated};
 use vigo_proto::token::Token;
-use vigo_state::ControlError;
+use vigo_state::{ControlError, EnvoyEntry, EnvoyObservation};
 
 use crate::limits::{HISTORY_PAGE_MAX, STACK_ARCHIVE_BYTES_MAX};
 use crate::node::{Node, now_ms};
@@ -114,23 +116,65 @@ impl Admin for AdminService {
     async fn list_envoys(&self, request: Request<ListEnvoysRequest>) -> Result<Response<ListEnvoysResponse>, Status> {
         admin(&request)?;
         let control = self.node.control();
-        let envoys = control
-            .envoys()
-            .map(|e| {
-                let obs = self.node.fleet.get(&e.envoy_id).unwrap_or_default();
-                EnvoyInfo {
-                    envoy_id: e.envoy_id.clone(),
-                    hostname: e.hostname.clone(),
-                    revoked: e.revoked_index.is_some(),
-                    enrolled_index: e.enrolled_index,
-                    last_seen_ms: obs.last_seen_ms,
-                    bundle_fingerprint: obs.bundle_fingerprint,
-                    last_run: obs.last_run,
-                    reports_received: obs.reports_received,
-                }
-            })
-            .collect();
+        let envoys =
+            control.envoys().map(|e| envoy_info(e, &self.node.fleet.get(&e.envoy_id).unwrap_or_default())).collect();
         Ok(Response::new(ListEnvoysResponse { envoys }))
+    }
+
+    async fn show_envoy(&self, request: Request<ShowEnvoyRequest>) -> Result<Response<ShowEnvoyResponse>, Status> {
+        admin(&request)?;
+        let req = request.into_inner();
+        let control = self.node.control();
+        let envoy = control
+            .envoy_by_hostname(&req.envoy)
+            .or_else(|| control.envoy(&req.envoy))
+            .ok_or_else(|| Status::not_found(format!("unknown envoy {:?}", req.envoy)))?;
+        let obs = self.node.fleet.get(&envoy.envoy_id).unwrap_or_default();
+        let held = self.node.fleet.traits_if_current(&envoy.envoy_id, &obs.traits_hash);
+        let traits_json = held.map(|held| held.store().to_json(held.root())).unwrap_or_default();
+        Ok(Response::new(ShowEnvoyResponse {
+            envoy: Some(envoy_info(envoy, &obs)),
+            compliance: crate::compliance::of(obs.last_run.as_ref(), control.stack_version()) as i32,
+            traits_json,
+            traits_hash: obs.traits_hash,
+            last_counter: obs.last_counter,
+        }))
+    }
+
+    async fn report_compliance(
+        &self,
+        request: Request<ReportComplianceRequest>,
+    ) -> Result<Response<ReportComplianceResponse>, Status> {
+        admin(&request)?;
+        let control = self.node.control();
+        let live = control.stack_version();
+        let window_ms = crate::limits::ONLINE_INTERVALS * i64::from(self.node.settings.check_in_interval_s) * 1000;
+        let online_since = now_ms() - window_ms;
+        let mut report = ReportComplianceResponse { stack_version: live, ..Default::default() };
+        for envoy in control.envoys().filter(|e| e.revoked_index.is_none()) {
+            let obs = self.node.fleet.get(&envoy.envoy_id).unwrap_or_default();
+            let compliance = crate::compliance::of(obs.last_run.as_ref(), live);
+            report.envoys += 1;
+            report.offline += u32::from(obs.last_seen_ms < online_since);
+            *match compliance {
+                Compliance::Compliant => &mut report.compliant,
+                Compliance::Failing => &mut report.failing,
+                Compliance::Drifted => &mut report.drifted,
+                Compliance::Behind => &mut report.behind,
+                Compliance::NeverReported | Compliance::Unspecified => &mut report.never_reported,
+            } += 1;
+            if compliance != Compliance::Compliant {
+                report.noncompliant.push(EnvoyCompliance {
+                    envoy_id: envoy.envoy_id.clone(),
+                    hostname: envoy.hostname.clone(),
+                    compliance: compliance as i32,
+                    last_run: obs.last_run,
+                    last_seen_ms: obs.last_seen_ms,
+                });
+            }
+        }
+        report.noncompliant.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+        Ok(Response::new(report))
     }
 
     async fn revoke_envoy(
@@ -169,5 +213,19 @@ impl Admin for AdminService {
             .read_history(from, limit as usize)
             .map_err(|e| Status::data_loss(format!("history cannot be read: {e}")))?;
         Ok(Response::new(ReadHistoryResponse { events, last_index: self.node.log.last_history_index() }))
+    }
+}
+
+/// What `ListEnvoys` and `ShowEnvoy` say of one envoy.
+fn envoy_info(envoy: &EnvoyEntry, obs: &EnvoyObservation) -> EnvoyInfo {
+    EnvoyInfo {
+        envoy_id: envoy.envoy_id.clone(),
+        hostname: envoy.hostname.clone(),
+        revoked: envoy.revoked_index.is_some(),
+        enrolled_index: envoy.enrolled_index,
+        last_seen_ms: obs.last_seen_ms,
+        bundle_fingerprint: obs.bundle_fingerprint.clone(),
+        last_run: obs.last_run,
+        reports_received: obs.reports_received,
     }
 }
