@@ -92,8 +92,13 @@ enum ConfigCommand {
 
 #[derive(Subcommand)]
 enum EnvoysCommand {
-    /// List envoys.
-    List,
+    /// List envoys, or those meeting every `--where`.
+    List {
+        /// A condition, such as `os.family=debian`, `packages.nginx exists`, `cpu.count>4`,
+        /// `hostname=web-*`, `compliance=failing` or `last_seen>10m`; repeat for more.
+        #[arg(long = "where", value_name = "EXPR")]
+        conditions: Vec<String>,
+    },
     /// One envoy: what the server observed of it, its compliance and its traits.
     Show {
         /// Hostname or envoy id.
@@ -163,8 +168,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", response.version);
             }
         }
-        Command::Envoys(EnvoysCommand::List) => {
-            let envoys = client.list_envoys(ListEnvoysRequest {}).await.map_err(status)?.into_inner().envoys;
+        Command::Envoys(EnvoysCommand::List { conditions }) => {
+            let request = ListEnvoysRequest { r#where: conditions.clone() };
+            let envoys = client.list_envoys(request).await.map_err(status)?.into_inner().envoys;
             print_envoys(&envoys, json_out);
         }
         Command::Envoys(EnvoysCommand::Revoke { envoy, reason }) => {

@@ -18,6 +18,7 @@ pub mod limits;
 pub mod metrics;
 pub mod node;
 pub mod pki;
+pub mod query;
 pub mod services;
 pub mod stack;
 

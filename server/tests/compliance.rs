@@ -1,5 +1,5 @@
-//! `vigocli envoys show` and `vigocli report compliance` over real processes: they follow what
-//! the envoys' runs reported, against the live stack.
+//! `vigocli envoys show`, `envoys list --where` and `report compliance` over real processes:
+//! they follow what the envoys sent and their runs reported, against the live stack.
 
 mod support;
 
@@ -56,6 +56,34 @@ fn show_and_compliance_follow_the_envoys_runs() {
     assert_eq!(hostnames(&report), [("db-1", "never_reported"), ("web-2", "drifted")]);
     let summary = server.cli_ok(&["report", "compliance"]);
     assert!(summary.starts_with("stack v1: 1 of 3 active envoys compliant"), "{summary}");
+
+    // Queries: on traits (db-1 never sent any), hostnames, compliance, last seen.
+    let listed = |conditions: &[&str]| -> Vec<String> {
+        let mut args = vec!["envoys", "list"];
+        for c in conditions {
+            args.extend(["--where", c]);
+        }
+        let mut hosts: Vec<String> = server
+            .cli_json(&args)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["hostname"].as_str().unwrap().to_string())
+            .collect();
+        hosts.sort();
+        hosts
+    };
+    assert_eq!(listed(&["kernel.release exists", "cpu.count>0"]), ["web-1", "web-2"]);
+    assert_eq!(listed(&["kernel.release missing"]), ["db-1"]);
+    assert_eq!(listed(&["hostname=web-*", "compliance=drifted"]), ["web-2"]);
+    assert_eq!(listed(&["last_seen<10m"]), ["web-1", "web-2"]);
+    assert_eq!(listed(&["last_seen>10m"]), ["db-1"], "never seen");
+    assert_eq!(listed(&[]).len(), 3);
+    let out = server.cli(&["envoys", "list", "--where", "os.family"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("bad --where \"os.family\": expected PATH=VALUE"), "{stderr}");
 
     // A new stack: web-1's last run applied the old one.
     stack(&stack_dir, "good day");

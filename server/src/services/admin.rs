@@ -21,6 +21,7 @@ use vigo_state::{ControlError, EnvoyEntry, EnvoyObservation};
 use crate::limits::{HISTORY_PAGE_MAX, STACK_ARCHIVE_BYTES_MAX};
 use crate::node::{Node, now_ms};
 use crate::pki::{ADMIN_CN_PREFIX, common_name};
+use crate::query::{Query, StoreView, Subject};
 use crate::stack::Stack;
 
 /// The admin service.
@@ -115,9 +116,31 @@ impl Admin for AdminService {
 
     async fn list_envoys(&self, request: Request<ListEnvoysRequest>) -> Result<Response<ListEnvoysResponse>, Status> {
         admin(&request)?;
+        let query =
+            Query::parse(&request.get_ref().r#where, now_ms()).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let control = self.node.control();
-        let envoys =
-            control.envoys().map(|e| envoy_info(e, &self.node.fleet.get(&e.envoy_id).unwrap_or_default())).collect();
+        let live = control.stack_version();
+        let store = self.node.fleet.trait_store();
+        let envoys = control
+            .envoys()
+            .filter_map(|e| {
+                let obs = self.node.fleet.get(&e.envoy_id).unwrap_or_default();
+                if !query.is_empty() {
+                    // Traits are read in place, held only while this envoy is looked at.
+                    let held = self.node.fleet.traits_if_current(&e.envoy_id, &obs.traits_hash);
+                    let subject = Subject {
+                        hostname: &e.hostname,
+                        last_seen_ms: obs.last_seen_ms,
+                        compliance: crate::compliance::of(obs.last_run.as_ref(), live),
+                        traits: held.as_ref().map(|held| StoreView { store, id: held.root() }),
+                    };
+                    if !query.matches(&subject) {
+                        return None;
+                    }
+                }
+                Some(envoy_info(e, &obs))
+            })
+            .collect();
         Ok(Response::new(ListEnvoysResponse { envoys }))
     }
 
