@@ -299,7 +299,13 @@ impl Envoy {
                             break;
                         }
                         // The session ended (server restarting): wait out the interval as before.
-                        None => self.session = None,
+                        None => {
+                            if self.session.take().is_some_and(|s| s.refused_for_capacity()) {
+                                // The server holds all the sessions it may: free its connection;
+                                // the next check-in comes on a new one.
+                                self.channel = None;
+                            }
+                        }
                     },
                     _ = tokio::signal::ctrl_c() => return Ok(!failed),
                 }

@@ -13,6 +13,8 @@ pub struct Session {
     events: tonic::Streaming<SessionEvent>,
     /// A push that arrived while an answer was awaited, kept for [`Session::next_push`].
     pushed: Option<u64>,
+    /// How the session ended, once it did with an error.
+    end: Option<Status>,
 }
 
 fn ended() -> Status {
@@ -29,7 +31,7 @@ impl Session {
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         tx.send(first).await.map_err(|_| ended())?;
         let events = client.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
-        let mut session = Session { tx, events, pushed: None };
+        let mut session = Session { tx, events, pushed: None, end: None };
         let answer = session.answer().await?;
         Ok((session, answer))
     }
@@ -63,8 +65,18 @@ impl Session {
                     return Some(push.stack_version);
                 }
                 Ok(Some(_)) => continue,
-                Ok(None) | Err(_) => return None,
+                Ok(None) => return None,
+                Err(status) => {
+                    self.end = Some(status);
+                    return None;
+                }
             }
         }
+    }
+
+    /// Whether the server closed the session because it holds as many as it may: the envoy
+    /// should then let go of its connection and check in by calls, each on a new one.
+    pub fn refused_for_capacity(&self) -> bool {
+        self.end.as_ref().is_some_and(|s| s.code() == tonic::Code::ResourceExhausted)
     }
 }

@@ -201,7 +201,10 @@ impl FakeEnvoy {
     pub async fn next_session_push(&mut self) -> Option<()> {
         let Some(session) = self.session.as_mut() else { return std::future::pending().await };
         if session.next_push().await.is_none() {
-            self.session = None;
+            if self.session.take().is_some_and(|s| s.refused_for_capacity()) {
+                // As `envoy run` does: the server holds all the sessions it may.
+                self.channel = None;
+            }
             return None;
         }
         Some(())

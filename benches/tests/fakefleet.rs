@@ -4,6 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use vigo_benches::fleet::{Cluster, FakeEnvoy, Transport};
@@ -123,6 +124,48 @@ fn a_burst_beyond_the_queue_delay_cap_is_answered_with_backoff_not_errors() {
         }
     });
     drop(server);
+}
+
+/// Past the cap on held sessions a new session is served its check-in and then closed; once a
+/// held one goes, a place is free again.
+#[test]
+fn sessions_past_the_held_cap_are_served_then_closed() {
+    let (dir, server, grpc, _http) = start_server(&["--held-max", "2"]);
+    let token = token(&dir, &grpc, 3);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let cluster = Cluster::discover(&grpc, &token).await.unwrap();
+        let mut envoys = Vec::new();
+        for index in 0..3 {
+            let channel = cluster.enroll_channel().await.unwrap();
+            let (mut envoy, _) = FakeEnvoy::enroll(&cluster, channel, &token, index, None).await.unwrap();
+            let req = envoy.signed_request(&[1; 32], String::new());
+            let answer = envoy.exchange(&grpc, req, Transport::Session).await.unwrap();
+            assert!(answer.send_traits, "served: {answer:?}");
+            envoys.push(envoy);
+        }
+        assert!(!closes(&mut envoys[0]).await, "the first two are held");
+        assert!(!closes(&mut envoys[1]).await);
+        assert!(closes(&mut envoys[2]).await, "the third is closed after its answer");
+
+        envoys[0].disconnect();
+        let mut held = false;
+        for _ in 0..50 {
+            let req = envoys[2].signed_request(&[1; 32], String::new());
+            envoys[2].exchange(&grpc, req, Transport::Session).await.unwrap();
+            if !closes(&mut envoys[2]).await {
+                held = true;
+                break;
+            }
+        }
+        assert!(held, "a place freed up when the first envoy left");
+    });
+    drop(server);
+}
+
+/// Whether the server closes `envoy`'s session within half a second.
+async fn closes(envoy: &mut FakeEnvoy) -> bool {
+    matches!(tokio::time::timeout(Duration::from_millis(500), envoy.next_session_push()).await, Ok(None))
 }
 
 /// A check-in, sent again (bounded) while the server says to back off: on a machine busy with

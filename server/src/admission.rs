@@ -14,7 +14,7 @@
 //! signature included, so shedding costs next to nothing and the backlog drains instead of
 //! growing until envoys time out.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -105,6 +105,49 @@ impl QueueDelay {
     }
 }
 
+/// Sessions and watches open, against a cap: each holds a connection (~64 KiB of server
+/// memory and a file descriptor) for as long as the envoy stays. Past the cap a new one is
+/// served its first check-in and then closed with `RESOURCE_EXHAUSTED`, and the envoy checks
+/// in by calls on a fresh connection each time (polling) until a place frees up.
+#[derive(Debug)]
+pub struct Held {
+    count: AtomicUsize,
+    max: usize,
+}
+
+impl Held {
+    /// At most `max` held at once.
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self { count: AtomicUsize::new(0), max })
+    }
+
+    /// Counts one more until the guard drops; says whether it fits under the cap.
+    pub fn enter(self: &Arc<Self>) -> (HeldGuard, bool) {
+        let before = self.count.fetch_add(1, Ordering::Relaxed);
+        (HeldGuard(self.clone()), before < self.max)
+    }
+
+    /// Held now (those past the cap included, until they close).
+    pub fn current(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// The cap.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+}
+
+/// One session or watch counted by [`Held`].
+#[derive(Debug)]
+pub struct HeldGuard(Arc<Held>);
+
+impl Drop for HeldGuard {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// How often [`QueueDelay::probe`] measures: often enough that shedding starts within a few
 /// milliseconds of a backlog forming, rarely enough to cost nothing (200 wake-ups a second).
 pub const PROBE_PERIOD: Duration = Duration::from_millis(5);
@@ -112,6 +155,20 @@ pub const PROBE_PERIOD: Duration = Duration::from_millis(5);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn held_counts_until_the_guard_drops_and_says_when_past_the_cap() {
+        let held = Held::new(2);
+        let (a, fits_a) = held.enter();
+        let (b, fits_b) = held.enter();
+        let (c, fits_c) = held.enter();
+        assert_eq!((fits_a, fits_b, fits_c), (true, true, false));
+        assert_eq!(held.current(), 3);
+        drop((a, c));
+        assert_eq!(held.current(), 1);
+        assert!(held.enter().1, "a place freed up");
+        drop(b);
+    }
 
     #[tokio::test]
     async fn the_probe_measures_how_late_its_timer_fires() {

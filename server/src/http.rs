@@ -118,6 +118,13 @@ fn metrics_page(node: &Node, now_ms: i64) -> String {
         "The queue delay beyond which check-ins are told to back off.",
         node.queue_delay.max().as_secs_f64(),
     );
+    render_gauge(&mut out, "vigo_held_sessions", "Sessions and watches open now.", node.held.current());
+    render_gauge(
+        &mut out,
+        "vigo_held_sessions_max",
+        "Sessions and watches held at most; past it, envoys check in by calls.",
+        node.held.max(),
+    );
     metrics::render_heap(&mut out);
     metrics::render_process(&mut out);
     out

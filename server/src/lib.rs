@@ -48,6 +48,9 @@ pub struct RunConfig {
     pub flush_interval: std::time::Duration,
     /// How long check-ins may wait for the server before they are told to back off.
     pub check_in_queue_max: std::time::Duration,
+    /// Sessions and watches held at most at once; `None`: the open-file limit less
+    /// [`limits::FDS_NOT_HELD`].
+    pub held_max: Option<usize>,
 }
 
 /// Runs the server until `shutdown` resolves.
@@ -60,10 +63,17 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 
         tracing::info!(admin = %paths.admin_dir().display(), "initialized a new single-node cluster; admin credentials written");
     }
     let pki = Pki::load(&paths)?;
-    match vigo_proto::fds::raise_open_files_limit() {
-        Ok(n) => tracing::info!(open_files = n, "open-file limit"),
-        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
-    }
+    let open_files = match vigo_proto::fds::raise_open_files_limit() {
+        Ok(n) => {
+            tracing::info!(open_files = n, "open-file limit");
+            n as usize
+        }
+        Err(e) => {
+            tracing::warn!("cannot raise the open-file limit: {e}");
+            2 * limits::FDS_NOT_HELD
+        }
+    };
+    let held_max = config.held_max.unwrap_or(open_files.saturating_sub(limits::FDS_NOT_HELD).max(1));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -74,6 +84,7 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 
         listen: listen.to_string(),
         check_in_interval_s: config.check_in_interval_s,
         check_in_queue_max: config.check_in_queue_max,
+        held_max,
     };
     let node = Node::new(log, pki, settings);
     let state = node.control();

@@ -49,6 +49,10 @@ pub const CHECK_IN_QUEUE_MAX_MS: u64 = 100;
 /// window this long (or of its interval, if shorter).
 pub const SHED_RETRY_WINDOW_S: u32 = 10;
 
+/// File descriptors kept for everything but held sessions (log, snapshot, calls, polling
+/// envoys) when the cap on held sessions is derived from the open-file limit.
+pub const FDS_NOT_HELD: usize = 1024;
+
 /// An envoy is online when its last accepted request is at most this many check-in
 /// intervals old: one missed check-in (plus jitter) is not yet an outage.
 pub const ONLINE_INTERVALS: i64 = 3;

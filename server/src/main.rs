@@ -40,6 +40,10 @@ enum Command {
         /// Milliseconds check-ins may wait for the server; beyond, they are answered `Backoff`.
         #[arg(long, default_value_t = vigo_server::limits::CHECK_IN_QUEUE_MAX_MS, value_parser = clap::value_parser!(u64).range(1..=60_000))]
         check_in_queue_max_ms: u64,
+        /// Sessions held open at most at once; past it, envoys check in by calls
+        /// [default: the open-file limit less 1024].
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        held_max: Option<u64>,
     },
 }
 
@@ -53,7 +57,7 @@ fn main() {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { data_dir, listen, http, check_in_interval, flush_interval, check_in_queue_max_ms } => {
+        Command::Run { data_dir, listen, http, check_in_interval, flush_interval, check_in_queue_max_ms, held_max } => {
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
             let flush_interval = std::time::Duration::from_secs_f64(flush_interval);
             runtime.block_on(vigo_server::run(
@@ -64,6 +68,7 @@ fn main() {
                     http,
                     flush_interval,
                     check_in_queue_max: std::time::Duration::from_millis(check_in_queue_max_ms),
+                    held_max: held_max.map(|n| n as usize),
                 },
                 shutdown_signal(),
             ))

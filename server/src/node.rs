@@ -14,7 +14,7 @@ use vigo_proto::agent::CheckInResponse;
 use vigo_proto::events::{Event, EventEnvelope, EventProposal, event::Kind};
 use vigo_state::{ControlError, ControlState, FleetIndex};
 
-use crate::admission::{QueueDelay, UploadBudget};
+use crate::admission::{Held, QueueDelay, UploadBudget};
 use crate::bundles::BundleCache;
 use crate::check_in::{CheckInContext, Refusal};
 use crate::metrics::{CheckInOutcome, LogCommitOutcome, Metrics};
@@ -29,6 +29,8 @@ pub struct Settings {
     pub check_in_interval_s: u32,
     /// How long check-ins may wait before they are told to back off.
     pub check_in_queue_max: std::time::Duration,
+    /// Sessions and watches held at most at once.
+    pub held_max: usize,
 }
 
 /// Why a control write did not happen.
@@ -54,6 +56,8 @@ pub struct Node {
     pub uploads: UploadBudget,
     /// How far behind the server is; past its cap, check-ins are told to back off.
     pub queue_delay: Arc<QueueDelay>,
+    /// Sessions and watches open; past the cap, new ones are closed after one check-in.
+    pub held: Arc<Held>,
     /// Key material.
     pub pki: Pki,
     /// Settings.
@@ -87,6 +91,7 @@ impl Node {
             bundles,
             uploads: UploadBudget::new(crate::limits::TRAITS_UPLOADS_PER_S_PER_CORE * cores() as u32),
             queue_delay: QueueDelay::new(settings.check_in_queue_max),
+            held: Held::new(settings.held_max),
             pki,
             settings,
             metrics: Metrics::default(),

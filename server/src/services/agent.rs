@@ -18,6 +18,7 @@ use vigo_proto::events::EnvoyEnrolled;
 use vigo_proto::events::event::Kind;
 use vigo_proto::token::Token;
 
+use crate::admission::HeldGuard;
 use crate::check_in::Refusal;
 use crate::limits::{HOSTNAME_BYTES_MAX, PUSH_RATE_PER_S, PUSH_SPREAD_MS_MAX};
 use crate::metrics::ReportOutcome;
@@ -62,6 +63,9 @@ pub fn push_delay(envoy_id: &str, fleet: usize) -> Duration {
     Duration::from_millis(crate::check_in::envoy_point(envoy_id, window_ms))
 }
 
+/// Why a session or watch past the cap is closed.
+const HELD_FULL: &str = "held sessions are at capacity: check in by calls until a place frees up";
+
 /// The stream of an open watch.
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send + 'static>>;
 
@@ -79,6 +83,12 @@ struct Session {
     envoy_id: Option<String>,
     push_at: Option<tokio::time::Instant>,
     ended: bool,
+    /// Counts this session among those held while it lives.
+    _held: HeldGuard,
+    /// Past the cap on held sessions: closed after its first check-in is answered.
+    over_cap: bool,
+    /// The status to end with once the current answer is sent.
+    closing: Option<Status>,
 }
 
 enum SessionStep {
@@ -93,6 +103,10 @@ impl Session {
     async fn next(mut self) -> Option<(Result<SessionEvent, Status>, Session)> {
         if self.ended {
             return None;
+        }
+        if let Some(status) = self.closing.take() {
+            self.ended = true;
+            return Some((Err(status), self));
         }
         loop {
             let push_at = self.push_at;
@@ -138,6 +152,9 @@ impl Session {
                                 self.versions.borrow_and_update();
                                 self.envoy_id = Some(req.envoy_id);
                             }
+                            if self.over_cap {
+                                self.closing = Some(Status::resource_exhausted(HELD_FULL));
+                            }
                             (Ok(SessionEvent { kind: Some(session_event::Kind::CheckIn(response)) }), self)
                         }
                         Err(refusal) => {
@@ -157,7 +174,11 @@ impl Agent for AgentService {
     type SessionStream = SessionStream;
 
     async fn session(&self, request: Request<Streaming<CheckInRequest>>) -> Result<Response<SessionStream>, Status> {
+        let (held, fits) = self.node.held.enter();
         let session = Session {
+            _held: held,
+            over_cap: !fits,
+            closing: None,
             node: self.node.clone(),
             peer: peer_cert_sha256(&request),
             incoming: request.into_inner(),
@@ -224,23 +245,29 @@ impl Agent for AgentService {
         let peer = peer_cert_sha256(&request);
         let req = request.into_inner();
         self.node.with_check_in(|ctx| crate::check_in::watch(ctx, peer, &req, now_ms()))?;
+        let (held, fits) = self.node.held.enter();
+        if !fits {
+            return Err(Status::resource_exhausted(HELD_FULL));
+        }
         // Subscribing marks the current version as seen: only later publishes push.
         let versions = self.node.stack_version.subscribe();
         let stopping = self.node.stopping.subscribe();
         let delay = push_delay(&req.envoy_id, self.node.control().n_envoys());
-        let stream = futures::stream::unfold((versions, stopping), move |(mut versions, mut stopping)| async move {
-            tokio::select! {
-                changed = versions.changed() => changed.ok()?,
-                _ = stopping.wait_for(|s| *s) => return None,
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = stopping.wait_for(|s| *s) => return None,
-            }
-            let stack_version = *versions.borrow_and_update();
-            let event = WatchEvent { kind: Some(watch_event::Kind::PushRequested(PushRequested { stack_version })) };
-            Some((Ok(event), (versions, stopping)))
-        });
+        let stream =
+            futures::stream::unfold((versions, stopping, held), move |(mut versions, mut stopping, held)| async move {
+                tokio::select! {
+                    changed = versions.changed() => changed.ok()?,
+                    _ = stopping.wait_for(|s| *s) => return None,
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stopping.wait_for(|s| *s) => return None,
+                }
+                let stack_version = *versions.borrow_and_update();
+                let event =
+                    WatchEvent { kind: Some(watch_event::Kind::PushRequested(PushRequested { stack_version })) };
+                Some((Ok(event), (versions, stopping, held)))
+            });
         Ok(Response::new(Box::pin(stream)))
     }
 
