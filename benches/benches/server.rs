@@ -8,6 +8,7 @@ use std::path::Path;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use ed25519_dalek::{Signer, SigningKey};
 use sha2::{Digest, Sha256};
+use vigo_proto::admin::Compliance;
 use vigo_proto::agent::CheckInRequest;
 use vigo_proto::agent::check_in_response::Reply;
 use vigo_proto::chain::seal;
@@ -15,6 +16,7 @@ use vigo_proto::events::{EnvoyEnrolled, Event, EventProposal, StackPublished, To
 use vigo_server::admission::{QueueDelay, UploadBudget};
 use vigo_server::bundles::BundleCache;
 use vigo_server::check_in::{CheckInContext, check_in};
+use vigo_server::query::{Query, StoreView, Subject};
 use vigo_server::stack::Stack;
 use vigo_server::stack::traits::Traits;
 use vigo_state::{ControlState, FleetIndex, HeldTraits};
@@ -107,36 +109,65 @@ fn signed(key: &SigningKey, counter: u64, traits: &str, fingerprint: &[u8]) -> C
     req
 }
 
+/// What a check-in touches, owned.
+struct Parts {
+    control: ControlState,
+    fleet: FleetIndex,
+    bundles: BundleCache,
+    uploads: UploadBudget,
+    queue_delay: std::sync::Arc<QueueDelay>,
+}
+
+const TRAITS: &str = r#"{"hostname":"web-1.example.com","os":{"family":"debian"}}"#;
+
+impl Parts {
+    fn new(control: ControlState) -> Self {
+        Self {
+            control,
+            fleet: FleetIndex::default(),
+            bundles: BundleCache::new(SigningKey::from_bytes(&[7; 32])),
+            uploads: UploadBudget::new(200),
+            queue_delay: QueueDelay::new(std::time::Duration::from_millis(100)),
+        }
+    }
+
+    fn ctx(&self) -> CheckInContext<'_> {
+        CheckInContext {
+            control: &self.control,
+            fleet: &self.fleet,
+            bundles: &self.bundles,
+            check_in_interval_s: 60,
+            uploads: &self.uploads,
+            queue_delay: &self.queue_delay,
+        }
+    }
+
+    /// The envoy's first check-in: it sends its traits and gets its bundle, whose fingerprint
+    /// the later check-ins carry.
+    fn first_bundle(&self, envoy_key: &SigningKey) -> Vec<u8> {
+        let mut first = signed(envoy_key, 1, TRAITS, &[]);
+        first.traits_json = TRAITS.to_string();
+        first.signature = envoy_key.sign(&vigo_proto::signing::check_in_bytes(&first)).to_bytes().to_vec();
+        match check_in(&self.ctx(), Some(CERT_SHA256), &first, 1).unwrap().reply {
+            Some(Reply::Bundle(bundle)) => bundle.fingerprint,
+            other => panic!("no bundle: {other:?}"),
+        }
+    }
+}
+
 fn check_ins(c: &mut Criterion) {
     let envoy_key = SigningKey::from_bytes(&[9; 32]);
-    let control = control(&envoy_key);
-    let fleet = FleetIndex::default();
-    let bundles = BundleCache::new(SigningKey::from_bytes(&[7; 32]));
-    let uploads = UploadBudget::new(200);
-    let queue_delay = QueueDelay::new(std::time::Duration::from_millis(100));
-    let ctx = CheckInContext {
-        control: &control,
-        fleet: &fleet,
-        bundles: &bundles,
-        check_in_interval_s: 60,
-        uploads: &uploads,
-        queue_delay: &queue_delay,
-    };
-    let traits = r#"{"hostname":"web-1.example.com","os":{"family":"debian"}}"#;
+    let parts = Parts::new(control(&envoy_key));
+    let ctx = parts.ctx();
     let peer = Some(CERT_SHA256);
-
-    // The first check-in sends traits and gets the bundle; keep its fingerprint.
-    let mut first = signed(&envoy_key, 1, traits, &[]);
-    first.traits_json = traits.to_string();
-    first.signature = envoy_key.sign(&vigo_proto::signing::check_in_bytes(&first)).to_bytes().to_vec();
-    let Some(Reply::Bundle(bundle)) = check_in(&ctx, peer, &first, 1).unwrap().reply else { panic!("no bundle") };
+    let fingerprint = parts.first_bundle(&envoy_key);
     let mut counter = 1;
 
     c.bench_function("check_in/no_change", |b| {
         b.iter_batched(
             || {
                 counter += 1;
-                signed(&envoy_key, counter, traits, &bundle.fingerprint)
+                signed(&envoy_key, counter, TRAITS, &fingerprint)
             },
             |req| {
                 let reply = check_in(&ctx, peer, black_box(&req), 2).unwrap();
@@ -149,7 +180,7 @@ fn check_ins(c: &mut Criterion) {
         b.iter_batched(
             || {
                 counter += 1;
-                signed(&envoy_key, counter, traits, &[])
+                signed(&envoy_key, counter, TRAITS, &[])
             },
             |req| {
                 let reply = check_in(&ctx, peer, black_box(&req), 2).unwrap();
@@ -197,36 +228,20 @@ fn compile(c: &mut Criterion) {
 /// its cost must not grow with the fleet.
 fn check_ins_by_fleet_size(c: &mut Criterion) {
     let envoy_key = SigningKey::from_bytes(&[9; 32]);
-    let traits = r#"{"hostname":"web-1.example.com","os":{"family":"debian"}}"#;
     let mut group = c.benchmark_group("check_in/no_change_fleet");
     for size in [1_000u32, 50_000] {
-        let control = control_of(&envoy_key, size - 1);
-        let fleet = FleetIndex::default();
+        let parts = Parts::new(control_of(&envoy_key, size - 1));
         for i in 0..size - 1 {
-            fleet.accept(&format!("e-1{i:015x}"), 1, 1).unwrap();
+            parts.fleet.accept(&format!("e-1{i:015x}"), 1, 1).unwrap();
         }
-        let (bundles, uploads) = (BundleCache::new(SigningKey::from_bytes(&[7; 32])), UploadBudget::new(200));
-        let queue_delay = QueueDelay::new(std::time::Duration::from_millis(100));
-        let ctx = CheckInContext {
-            control: &control,
-            fleet: &fleet,
-            bundles: &bundles,
-            check_in_interval_s: 60,
-            uploads: &uploads,
-            queue_delay: &queue_delay,
-        };
-        let mut first = signed(&envoy_key, 1, traits, &[]);
-        first.traits_json = traits.to_string();
-        first.signature = envoy_key.sign(&vigo_proto::signing::check_in_bytes(&first)).to_bytes().to_vec();
-        let Some(Reply::Bundle(bundle)) = check_in(&ctx, Some(CERT_SHA256), &first, 1).unwrap().reply else {
-            panic!("no bundle")
-        };
+        let ctx = parts.ctx();
+        let fingerprint = parts.first_bundle(&envoy_key);
         let mut counter = 1;
         group.bench_function(size.to_string(), |b| {
             b.iter_batched(
                 || {
                     counter += 1;
-                    signed(&envoy_key, counter, traits, &bundle.fingerprint)
+                    signed(&envoy_key, counter, TRAITS, &fingerprint)
                 },
                 |req| {
                     let reply = check_in(&ctx, Some(CERT_SHA256), black_box(&req), 2).unwrap();
@@ -239,5 +254,38 @@ fn check_ins_by_fleet_size(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, check_ins, check_ins_by_fleet_size, compile);
+/// What `vigocli envoys list --where` costs: two conditions on the traits of 2,000 hosts with
+/// 150 KB inventories, read in place from the interned store (a scan: no value index).
+fn queries(c: &mut Criterion) {
+    let fleet = FleetIndex::default();
+    let hosts: Vec<(String, [u8; 32])> = (0..2_000u32)
+        .map(|i| {
+            let id = format!("e-{i:016x}");
+            let (json, hash) = vigo_benches::inventory::for_host(i, &format!("fleet-{i}"));
+            fleet.accept(&id, 1, 1).unwrap();
+            fleet.record_check_in(&id, &[6; 32], &hash, Some(fleet.trait_store().intern_json(&json).unwrap()));
+            (id, hash)
+        })
+        .collect();
+    let query = Query::parse(&["os.family=debian".to_string(), "packages.nginx exists".to_string()], 1).unwrap();
+    let store = fleet.trait_store();
+    c.bench_function("query/scan_2k_hosts", |b| {
+        b.iter(|| {
+            hosts
+                .iter()
+                .filter(|(id, hash)| {
+                    let held = fleet.traits_if_current(id, hash);
+                    query.matches(&Subject {
+                        hostname: "h",
+                        last_seen_ms: 1,
+                        compliance: Compliance::Compliant,
+                        traits: held.as_ref().map(|held| StoreView { store, id: held.root() }),
+                    })
+                })
+                .count()
+        })
+    });
+}
+
+criterion_group!(benches, check_ins, check_ins_by_fleet_size, compile, queries);
 criterion_main!(benches);
