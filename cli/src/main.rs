@@ -13,8 +13,9 @@ use serde_json::json;
 use tonic::transport::Channel;
 use vigo_proto::admin::admin_client::AdminClient;
 use vigo_proto::admin::{
-    Compliance, CreateTokenRequest, EnvoyInfo, ListEnvoysRequest, PublishStackRequest, ReportComplianceRequest,
-    ReportComplianceResponse, RevokeEnvoyRequest, ShowEnvoyRequest, ShowEnvoyResponse,
+    ClusterMember, Compliance, CreateTokenRequest, EnvoyInfo, ListEnvoysRequest, PublishStackRequest,
+    ReportComplianceRequest, ReportComplianceResponse, RevokeEnvoyRequest, ServerStatusRequest, ServerStatusResponse,
+    ShowEnvoyRequest, ShowEnvoyResponse,
 };
 use vigo_proto::tls::{client_config, connect, read_certs, read_key};
 
@@ -57,6 +58,15 @@ enum Command {
     /// Fleet-wide reports.
     #[command(subcommand)]
     Report(ReportCommand),
+    /// The server's cluster.
+    #[command(subcommand)]
+    Server(ServerCommand),
+}
+
+#[derive(Subcommand)]
+enum ServerCommand {
+    /// Members, roles, the leader, and each member's log and applied index.
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -191,6 +201,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 client.show_envoy(ShowEnvoyRequest { envoy: envoy.clone() }).await.map_err(status)?.into_inner();
             print_envoy(&shown, json_out)?;
         }
+        Command::Server(ServerCommand::Status) => {
+            let status = client.server_status(ServerStatusRequest {}).await.map_err(status)?.into_inner();
+            print_server_status(&status, json_out);
+        }
         Command::Report(ReportCommand::Compliance) => {
             let report = client.report_compliance(ReportComplianceRequest {}).await.map_err(status)?.into_inner();
             print_compliance(&report, json_out);
@@ -249,6 +263,41 @@ fn print_envoy(shown: &ShowEnvoyResponse, json_out: bool) -> anyhow::Result<()> 
         None => println!("traits      none held"),
     }
     Ok(())
+}
+
+fn print_server_status(s: &ServerStatusResponse, json_out: bool) {
+    let matched = |m: &ClusterMember| m.has_matched_index.then_some(m.matched_index);
+    if json_out {
+        let members: Vec<serde_json::Value> = s
+            .members
+            .iter()
+            .map(|m| json!({ "node_id": m.node_id, "addr": m.addr, "voter": m.voter, "matched_index": matched(m) }))
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "node_id": s.node_id,
+                "role": s.role,
+                "term": s.term,
+                "leader": (s.leader != 0).then_some(s.leader),
+                "last_log_index": s.last_log_index,
+                "applied_index": s.applied_index,
+                "members": members,
+            })
+        );
+        return;
+    }
+    let leader = if s.leader == 0 { "none".to_string() } else { s.leader.to_string() };
+    println!(
+        "node {} ({}, term {}); leader {}; log index {}, applied {}",
+        s.node_id, s.role, s.term, leader, s.last_log_index, s.applied_index
+    );
+    println!("{:<8} {:<24} {:<8} MATCHED", "MEMBER", "ADDRESS", "KIND");
+    for m in &s.members {
+        let kind = if m.voter { "voter" } else { "learner" };
+        let matched = matched(m).map_or("-".to_string(), |i| i.to_string());
+        println!("{:<8} {:<24} {:<8} {}", m.node_id, m.addr, kind, matched);
+    }
 }
 
 fn print_compliance(report: &ReportComplianceResponse, json_out: bool) {

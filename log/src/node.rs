@@ -114,6 +114,36 @@ impl LogNode {
         Ok(Some(applied.index))
     }
 
+    /// Where the cluster stands as this peer sees it: its role and term, the leader, its log
+    /// and applied index, and every member with (on the leader) how far it has replicated.
+    pub fn status(&self) -> ClusterStatus {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| Member {
+                node_id: *id,
+                addr: node.addr.clone(),
+                voter: voters.contains(id),
+                matched_index: metrics
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id))
+                    .map(|matched| matched.map_or(0, |log_id| log_id.index)),
+            })
+            .collect();
+        ClusterStatus {
+            node_id: self.node_id,
+            role: format!("{:?}", metrics.state).to_ascii_lowercase(),
+            term: metrics.current_term,
+            leader: metrics.current_leader,
+            last_log_index: metrics.last_log_index.unwrap_or(0),
+            applied_index: metrics.last_applied.map_or(0, |log_id| log_id.index),
+            members,
+        }
+    }
+
     /// The openraft handle, for metrics and (later) the peer transport's server side.
     pub fn raft(&self) -> &Raft<TypeConfig> {
         &self.raft
@@ -179,4 +209,36 @@ fn wait_error(e: WaitError) -> LogError {
         WaitError::ShuttingDown => LogError::Shutdown,
         WaitError::Timeout(..) => LogError::Fatal(e.to_string()),
     }
+}
+
+/// What [`LogNode::status`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterStatus {
+    /// This peer.
+    pub node_id: u64,
+    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+    pub role: String,
+    /// Its current term.
+    pub term: u64,
+    /// The leader it knows of.
+    pub leader: Option<u64>,
+    /// Index of the last entry in its log.
+    pub last_log_index: u64,
+    /// Index of the last entry it applied.
+    pub applied_index: u64,
+    /// The members, voters and learners.
+    pub members: Vec<Member>,
+}
+
+/// One member of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Its node id.
+    pub node_id: u64,
+    /// The address it serves on.
+    pub addr: String,
+    /// Whether it votes (else a learner).
+    pub voter: bool,
+    /// On the leader: the last index it has replicated to this member.
+    pub matched_index: Option<u64>,
 }

@@ -10,8 +10,8 @@ use vigo_proto::admin::admin_server::Admin;
 use vigo_proto::admin::{
     Compliance, CreateTokenRequest, CreateTokenResponse, EnvoyCompliance, EnvoyInfo, ListEnvoysRequest,
     ListEnvoysResponse, PublishStackRequest, PublishStackResponse, ReadHistoryRequest, ReadHistoryResponse,
-    ReportComplianceRequest, ReportComplianceResponse, RevokeEnvoyRequest, RevokeEnvoyResponse, ShowEnvoyRequest,
-    ShowEnvoyResponse,
+    ReportComplianceRequest, ReportComplianceResponse, RevokeEnvoyRequest, RevokeEnvoyResponse, ServerStatusRequest,
+    ServerStatusResponse, ShowEnvoyRequest, ShowEnvoyResponse,
 };
 use vigo_proto::events::event::Kind;
 use vigo_proto::events::{EnvoyRevoked, StackPublished, TokenCreated};
@@ -161,6 +161,33 @@ impl Admin for AdminService {
             traits_json,
             traits_hash: obs.traits_hash,
             last_counter: obs.last_counter,
+        }))
+    }
+
+    async fn server_status(
+        &self,
+        request: Request<ServerStatusRequest>,
+    ) -> Result<Response<ServerStatusResponse>, Status> {
+        admin(&request)?;
+        let status = self.node.log.status();
+        Ok(Response::new(ServerStatusResponse {
+            node_id: status.node_id,
+            role: status.role,
+            term: status.term,
+            leader: status.leader.unwrap_or(0),
+            last_log_index: status.last_log_index,
+            applied_index: status.applied_index,
+            members: status
+                .members
+                .into_iter()
+                .map(|m| vigo_proto::admin::ClusterMember {
+                    node_id: m.node_id,
+                    addr: m.addr,
+                    voter: m.voter,
+                    has_matched_index: m.matched_index.is_some(),
+                    matched_index: m.matched_index.unwrap_or(0),
+                })
+                .collect(),
         }))
     }
 
