@@ -129,9 +129,19 @@ impl Envoy {
         let mut send_traits = false;
         for _ in 0..2 {
             let req = self.signed_check_in(send_traits.then_some(traits_json), traits_hash, fingerprint)?;
-            // Traits go with a call of their own, never on the session (see agent.proto); a
-            // single run (`--once`) holds nothing.
-            let answered = if send_traits || self.options.once {
+            // Traits go with a call of their own, never on the session (see agent.proto), and on
+            // a connection of their own, closed after: ~150 KB through the held connection would
+            // leave the server's buffers for it grown for as long as it lives (~8 KiB per envoy,
+            // benches/README.md). A single run (`--once`) holds nothing.
+            let answered = if send_traits && !self.options.once {
+                let held = self.channel.take();
+                let answered = match self.client().await {
+                    Some(mut fresh) => fresh.check_in(req).await.map(tonic::Response::into_inner),
+                    None => Err(tonic::Status::unavailable("no server reachable for the traits upload")),
+                };
+                self.channel = held;
+                answered
+            } else if send_traits || self.options.once {
                 client.check_in(req).await.map(tonic::Response::into_inner)
             } else {
                 self.session_check_in(&mut client, req).await

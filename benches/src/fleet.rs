@@ -243,8 +243,17 @@ impl FakeEnvoy {
             let req = self.signed_request(&traits_hash, std::mem::take(&mut traits_json));
             let sent_traits = !req.traits_json.is_empty();
             // Traits go with a call of their own, never on a session (see agent.proto).
-            let via = if sent_traits && transport == Transport::Session { Transport::Held } else { transport };
-            let response = self.exchange(server, req, via).await?;
+            let response = if sent_traits && transport == Transport::Session {
+                // As `envoy run` does: traits go with a call on a connection of their own, closed
+                // after, so ~150 KB never pass through the held one (whose buffers would keep
+                // the size of the largest frame for as long as it lives).
+                let held = self.channel.take();
+                let answered = self.exchange(server, req, Transport::Held).await;
+                self.channel = held;
+                answered?
+            } else {
+                self.exchange(server, req, transport).await?
+            };
             if response.send_traits {
                 if sent_traits {
                     bail!("server asked again for traits it was just sent");
