@@ -69,13 +69,6 @@ struct Entry {
 
 type Shard = hashbrown::HashMap<Arc<str>, Entry, RandomState>;
 
-/// The envoy's observation in `shard`, marked dirty; created when new.
-fn changing<'a>(shard: &'a mut Shard, envoy_id: &str) -> &'a mut EnvoyObservation {
-    let entry = shard.entry_ref(envoy_id).or_default();
-    entry.dirty = true;
-    &mut entry.observation
-}
-
 /// Observations of the whole fleet. See the module docs.
 #[derive(Debug)]
 pub struct FleetIndex {
@@ -131,13 +124,14 @@ impl FleetIndex {
         traits: Option<NodeId>,
     ) {
         let mut shard = self.shard(envoy_id);
-        if !shard.contains_key(envoy_id) {
+        let Some(entry) = shard.get_mut(envoy_id) else {
             if let Some(root) = traits {
                 self.traits.release(root);
             }
             return;
-        }
-        let obs = changing(&mut shard, envoy_id);
+        };
+        entry.dirty = true;
+        let obs = &mut entry.observation;
         if obs.bundle_fingerprint != bundle_fingerprint {
             obs.bundle_fingerprint = bundle_fingerprint.to_vec();
         }
@@ -177,7 +171,9 @@ impl FleetIndex {
     /// Records a reported run.
     pub fn record_run(&self, envoy_id: &str, summary: RunSummary) {
         let mut shard = self.shard(envoy_id);
-        let obs = changing(&mut shard, envoy_id);
+        let entry = shard.entry_ref(envoy_id).or_default();
+        entry.dirty = true;
+        let obs = &mut entry.observation;
         obs.reports_received += 1;
         let newer = obs.last_run.as_ref().is_none_or(|r| r.started_at_ms <= summary.started_at_ms);
         if newer {
