@@ -55,8 +55,14 @@ impl UploadBudget {
             return Ok(());
         }
         let window_s = (waiting as u64 / u64::from(self.rate_per_s.max(1))).clamp(1, u64::from(interval_s.max(1)));
-        Err(1 + envoy_point(envoy_id, window_s) as u32)
+        Err(retry_after_s(envoy_id, window_s))
     }
+}
+
+/// Seconds an envoy told to back off waits: its own point of a `window_s` window, at least one,
+/// so the envoys shed together come back spread over it.
+pub fn retry_after_s(envoy_id: &str, window_s: u64) -> u32 {
+    1 + envoy_point(envoy_id, window_s) as u32
 }
 
 /// How far behind the server is: the overshoot of a probe task's timer, which waits in the same

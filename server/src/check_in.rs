@@ -20,7 +20,7 @@ use vigo_proto::agent::{
 };
 use vigo_state::{ControlState, EnvoyEntry, FleetIndex, Replay, TraitsError};
 
-use crate::admission::{QueueDelay, UploadBudget};
+use crate::admission::{QueueDelay, UploadBudget, retry_after_s};
 use crate::bundles::{BundleCache, BundleError};
 use crate::limits::{REPORT_RUNS_MAX, SHED_RETRY_WINDOW_S, TRAITS_BYTES_MAX};
 use crate::stack::traits::Traits;
@@ -105,9 +105,7 @@ pub fn check_in(
         // Check-ins wait longer than they may: shed this one before any work, the envoy comes
         // back at its own point of a short window (admission.rs).
         let window_s = ctx.check_in_interval_s.clamp(1, SHED_RETRY_WINDOW_S);
-        let retry_after_s = 1 + envoy_point(&req.envoy_id, u64::from(window_s)) as u32;
-        let reply = Some(Reply::Backoff(Backoff { retry_after_s }));
-        return Ok(CheckInResponse { reply, send_traits: false, next_check_in_s: retry_after_s });
+        return Ok(backoff(retry_after_s(&req.envoy_id, u64::from(window_s))));
     }
     if req.traits_json.len() > TRAITS_BYTES_MAX {
         return Err(Refusal::Malformed("traits exceed the size limit"));
@@ -129,14 +127,14 @@ pub fn check_in(
 
     let ask_for_traits = || {
         let waiting = ctx.control.n_envoys().saturating_sub(ctx.fleet.n_with_traits());
-        let (reply, send_traits, next_check_in_s) =
-            match ctx.uploads.try_take(now_ms, &req.envoy_id, waiting, ctx.check_in_interval_s) {
-                // Unknown traits: ask for them, and check in again at once.
-                Ok(()) => (Reply::NoChange(NoChange {}), true, 0),
-                // More uploads than the server takes in a second: come back later (admission.rs).
-                Err(retry_after_s) => (Reply::Backoff(Backoff { retry_after_s }), false, retry_after_s),
-            };
-        Ok(CheckInResponse { reply: Some(reply), send_traits, next_check_in_s })
+        Ok(match ctx.uploads.try_take(now_ms, &req.envoy_id, waiting, ctx.check_in_interval_s) {
+            // Unknown traits: ask for them, and check in again at once.
+            Ok(()) => {
+                CheckInResponse { reply: Some(Reply::NoChange(NoChange {})), send_traits: true, next_check_in_s: 0 }
+            }
+            // More uploads than the server takes in a second: come back later (admission.rs).
+            Err(retry_after_s) => backoff(retry_after_s),
+        })
     };
     if !known {
         return ask_for_traits();
@@ -157,6 +155,15 @@ pub fn check_in(
         Reply::Bundle((*bundle).clone())
     });
     Ok(response)
+}
+
+/// `Backoff`: come back in `retry_after_s` seconds, and not before.
+fn backoff(retry_after_s: u32) -> CheckInResponse {
+    CheckInResponse {
+        reply: Some(Reply::Backoff(Backoff { retry_after_s })),
+        send_traits: false,
+        next_check_in_s: retry_after_s,
+    }
 }
 
 /// A fixed point in `[0, modulus)` for an envoy, from a hash of its id: where its check-ins

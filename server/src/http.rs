@@ -80,7 +80,6 @@ fn respond(node: &Node, request_line: &str) -> (&'static str, &'static str, Stri
 /// The `/metrics` page: the counters and histograms, the gauges computed now, the process.
 fn metrics_page(node: &Node, now_ms: i64) -> String {
     let control = node.control();
-    let window_ms = crate::limits::ONLINE_INTERVALS * i64::from(node.settings.check_in_interval_s) * 1000;
     let mut out = String::with_capacity(8 * 1024);
     node.metrics.render(&mut out);
     render_gauge(&mut out, "vigo_envoys_known", "Envoys enrolled, revoked ones included.", control.n_envoys());
@@ -88,7 +87,7 @@ fn metrics_page(node: &Node, now_ms: i64) -> String {
         &mut out,
         "vigo_envoys_online",
         "Envoys whose last accepted request is within 3 check-in intervals.",
-        node.fleet.count_seen_since(now_ms - window_ms),
+        node.fleet.count_seen_since(node.online_since_ms(now_ms)),
     );
     render_gauge(&mut out, "vigo_events", "Index of the last applied event.", control.last_index());
     render_gauge(

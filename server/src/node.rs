@@ -114,6 +114,12 @@ impl Node {
         }
     }
 
+    /// The earliest last-seen time (ms) of an envoy counted online at `now_ms`: within
+    /// [`crate::limits::ONLINE_INTERVALS`] check-in intervals.
+    pub fn online_since_ms(&self, now_ms: i64) -> i64 {
+        now_ms - crate::limits::ONLINE_INTERVALS * i64::from(self.settings.check_in_interval_s) * 1000
+    }
+
     /// The control snapshot as of the last applied event.
     pub fn control(&self) -> Arc<ControlState> {
         self.log.state()

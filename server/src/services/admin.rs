@@ -198,8 +198,7 @@ impl Admin for AdminService {
         admin(&request)?;
         let control = self.node.control();
         let live = control.stack_version();
-        let window_ms = crate::limits::ONLINE_INTERVALS * i64::from(self.node.settings.check_in_interval_s) * 1000;
-        let online_since = now_ms() - window_ms;
+        let online_since = self.node.online_since_ms(now_ms());
         let mut report = ReportComplianceResponse { stack_version: live, ..Default::default() };
         for envoy in control.envoys().filter(|e| e.revoked_index.is_none()) {
             let obs = self.node.fleet.get(&envoy.envoy_id).unwrap_or_default();
