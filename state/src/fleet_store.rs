@@ -144,32 +144,20 @@ impl FleetStore {
     pub fn load(&mut self, fleet: &FleetIndex) -> Result<LoadReport, StoreError> {
         let mut report = LoadReport::default();
         let mut rows = HashMap::new();
-        {
-            let mut select = self.conn.prepare("SELECT row, node FROM trait_nodes").map_err(self.sqlite())?;
-            let mut query = select.query([]).map_err(self.sqlite())?;
-            while let Some(row) = query.next().map_err(self.sqlite())? {
-                let (id, bytes): (u32, Vec<u8>) =
-                    (row.get(0).map_err(self.sqlite())?, row.get(1).map_err(self.sqlite())?);
-                // A row that does not decode gets a kind no node has: nothing rebuilds from it,
-                // and the first flush deletes it with the other unused rows.
-                let node = NodeRow::decode(bytes.as_slice()).unwrap_or(NodeRow { kind: -1, ..NodeRow::default() });
-                rows.insert(id, node);
-            }
-        }
+        self.each_row("SELECT row, node FROM trait_nodes", |id: u32, bytes| {
+            // A row that does not decode gets a kind no node has: nothing rebuilds from it, and
+            // the first flush deletes it with the other unused rows.
+            let node = NodeRow::decode(bytes).unwrap_or(NodeRow { kind: -1, ..NodeRow::default() });
+            rows.insert(id, node);
+        })?;
         report.nodes = rows.len();
         let mut records = Vec::new();
-        {
-            let mut select = self.conn.prepare("SELECT envoy_id, record FROM envoys").map_err(self.sqlite())?;
-            let mut query = select.query([]).map_err(self.sqlite())?;
-            while let Some(row) = query.next().map_err(self.sqlite())? {
-                let (envoy_id, bytes): (String, Vec<u8>) =
-                    (row.get(0).map_err(self.sqlite())?, row.get(1).map_err(self.sqlite())?);
-                match EnvoyRecord::decode(bytes.as_slice()) {
-                    Ok(record) => records.push((envoy_id, record)),
-                    Err(_) => report.unreadable += 1,
-                }
+        self.each_row("SELECT envoy_id, record FROM envoys", |envoy_id: String, bytes| {
+            match EnvoyRecord::decode(bytes) {
+                Ok(record) => records.push((envoy_id, record)),
+                Err(_) => report.unreadable += 1,
             }
-        }
+        })?;
         let roots: Vec<u32> = records.iter().map(|(_, r)| r.traits_root).filter(|&root| root != 0).collect();
         let restored = fleet.trait_store().restore(&rows, &roots);
         let mut roots = restored.roots.into_iter();
@@ -203,6 +191,18 @@ impl FleetStore {
             report.rewrite = true;
         }
         Ok(report)
+    }
+
+    /// Runs `sql` (selecting a key and a blob) and hands each row to `f`.
+    fn each_row<K: rusqlite::types::FromSql>(&self, sql: &str, mut f: impl FnMut(K, &[u8])) -> Result<(), StoreError> {
+        let mut select = self.conn.prepare(sql).map_err(self.sqlite())?;
+        let mut rows = select.query([]).map_err(self.sqlite())?;
+        while let Some(row) = rows.next().map_err(self.sqlite())? {
+            let key: K = row.get(0).map_err(self.sqlite())?;
+            let bytes: Vec<u8> = row.get(1).map_err(self.sqlite())?;
+            f(key, &bytes);
+        }
+        Ok(())
     }
 
     /// Writes the dirty envoys of `scope`, the trait rows they need and the deletions now

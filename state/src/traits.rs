@@ -458,9 +458,10 @@ impl TraitStore {
     /// Forgets every row, after a snapshot write failed: the next write starts from empty
     /// tables and gives every node a row again.
     pub fn forget_rows(&self) {
-        let mut arena = self.write();
-        arena.rows.of.fill(0);
-        arena.rows = Rows { of: std::mem::take(&mut arena.rows.of), ..Rows::default() };
+        let rows = &mut self.write().rows;
+        let mut of = std::mem::take(&mut rows.of);
+        of.fill(0);
+        *rows = Rows { of, ..Rows::default() };
     }
 
     /// Rebuilds documents from snapshot rows into an empty store: for each row in `roots`,
