@@ -116,8 +116,6 @@ struct Rows {
     spare: Vec<u32>,
     /// Highest row given out so far.
     last: u32,
-    /// Set by a restore that met one value under two rows.
-    duplicates: bool,
 }
 
 impl Arena {
@@ -251,11 +249,11 @@ impl Arena {
             }
             return None;
         };
-        match self.rows.of[id as usize] {
-            // The same value under two rows: a freed node's row not yet deleted and the row of
-            // the same value interned again. The node keeps the first; the caller rewrites.
-            0 => self.rows.of[id as usize] = row,
-            _ => self.rows.duplicates = true,
+        // The same value may stand under two rows (a freed node's row not yet deleted, and the
+        // row of the same value interned again): the node keeps the first; `restore` sees the
+        // second in `memo` and has the caller rewrite.
+        if self.rows.of[id as usize] == 0 {
+            self.rows.of[id as usize] = row;
         }
         self.refs[id as usize] += 1;
         memo.insert(row, id);
@@ -476,13 +474,15 @@ impl TraitStore {
         let mut arena = self.write();
         let mut memo = HashMap::new();
         let restored = roots.iter().map(|&root| arena.restore_row(root, rows, &mut memo)).collect();
+        let distinct: std::collections::HashSet<NodeId> = memo.values().copied().collect();
+        let duplicates = distinct.len() < memo.len();
         // Rows never rebuilt go now; rebuilt ones no document kept go with their nodes' release.
         arena.rows.freed.extend(rows.keys().copied().filter(|row| !memo.contains_key(row)));
         for (_, id) in memo {
             arena.release(id);
         }
         arena.rows.last = arena.rows.last.max(rows.keys().copied().max().unwrap_or(0));
-        Restored { roots: restored, duplicates: std::mem::take(&mut arena.rows.duplicates) }
+        Restored { roots: restored, duplicates }
     }
 }
 
