@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/vigo/agent.proto",
         "proto/vigo/admin.proto",
         "proto/vigo/fleet.proto",
+        "proto/vigo/peer.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

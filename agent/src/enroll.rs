@@ -8,11 +8,10 @@ use anyhow::{Context, bail};
 use ed25519_dalek::{Signer, SigningKey};
 use rand::RngCore;
 use rustls::pki_types::CertificateDer;
-use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 use vigo_proto::agent::agent_client::AgentClient;
-use vigo_proto::agent::{EnrollRequest, EnrollResponse, GetCaRequest};
-use vigo_proto::tls::{ca_fetch_config, client_config, connect};
+use vigo_proto::agent::{EnrollRequest, EnrollResponse};
+use vigo_proto::tls::{client_config, connect};
 use vigo_proto::token::Token;
 
 use crate::identity::{self, Enrollment};
@@ -55,17 +54,10 @@ pub async fn enroll(server: &str, token_text: &str, data_dir: &Path, hostname: &
 /// Fetches the cluster CA from `server` over an unauthenticated channel and trusts it only if
 /// `token` pins it.
 pub async fn fetch_pinned_ca(server: &str, token: &Token) -> anyhow::Result<Vec<u8>> {
-    let channel = connect(server, ca_fetch_config()?, ENROLL_TIMEOUT).await?;
-    let ca_der = AgentClient::new(channel)
-        .get_ca(GetCaRequest {})
-        .await
-        .map_err(|s| anyhow::anyhow!("cannot fetch the cluster CA: {}", s.message()))?
-        .into_inner()
-        .ca_cert_der;
-    if Sha256::digest(&ca_der).as_slice() != token.ca_pin {
-        bail!("server {server} presented a CA that does not match the token: refusing to enroll");
-    }
-    Ok(ca_der)
+    vigo_proto::tls::fetch_pinned_ca(server, &token.ca_pin, ENROLL_TIMEOUT).await.map_err(|e| match e {
+        vigo_proto::tls::TlsError::CaMismatch(_) => anyhow::anyhow!("{e}: refusing to enroll"),
+        other => other.into(),
+    })
 }
 
 /// Asks the server behind `channel` (TLS verified against the pinned CA) to enroll the key of

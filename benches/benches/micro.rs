@@ -21,7 +21,12 @@ fn history(n: u64) -> Vec<EventEnvelope> {
     let mut version = 0;
     for i in 1..=n {
         let kind = if i == 1 {
-            Kind::TokenCreated(TokenCreated { token_sha256: vec![1; 32], uses: u32::MAX, expires_at_ms: 0 })
+            Kind::TokenCreated(TokenCreated {
+                token_sha256: vec![1; 32],
+                uses: u32::MAX,
+                expires_at_ms: 0,
+                join: false,
+            })
         } else if i % 100 == 0 {
             version += 1;
             Kind::StackPublished(StackPublished {

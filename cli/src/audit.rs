@@ -15,7 +15,8 @@ fn describe(env: &EventEnvelope) -> (&'static str, Value) {
     match env.event.as_ref().and_then(|e| e.kind.as_ref()) {
         Some(Kind::TokenCreated(t)) => (
             "TokenCreated",
-            json!({ "token_sha256": hex::encode(&t.token_sha256), "uses": t.uses, "expires_at_ms": t.expires_at_ms }),
+            json!({ "token_sha256": hex::encode(&t.token_sha256), "uses": t.uses, "expires_at_ms": t.expires_at_ms,
+                    "join": t.join }),
         ),
         Some(Kind::EnvoyEnrolled(e)) => (
             "EnvoyEnrolled",
@@ -28,8 +29,25 @@ fn describe(env: &EventEnvelope) -> (&'static str, Value) {
             json!({ "version": s.version, "sha256": hex::encode(&s.sha256), "archive_bytes": s.archive.len(),
                     "author": s.author, "message": s.message }),
         ),
+        Some(Kind::ClusterKeysSealed(k)) => (
+            "ClusterKeysSealed",
+            json!({ "ca_cert_sha256": hex::encode(sha256(&k.ca_cert_der)),
+                    "seal_key_sha256": hex::encode(&k.seal_key_sha256) }),
+        ),
+        Some(Kind::PeerAdmitted(p)) => (
+            "PeerAdmitted",
+            json!({ "node_id": p.node_id, "addr": p.addr, "cert_sha256": hex::encode(&p.cert_sha256),
+                    "token_sha256": hex::encode(&p.token_sha256) }),
+        ),
+        Some(Kind::PeerRemoved(r)) => ("PeerRemoved", json!({ "node_id": r.node_id })),
+        Some(Kind::ClusterRecovered(r)) => ("ClusterRecovered", json!({ "node_id": r.node_id, "lost": r.lost })),
         None => ("Unknown", Value::Null),
     }
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
 }
 
 /// Prints the verified history.

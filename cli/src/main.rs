@@ -13,16 +13,16 @@ use serde_json::json;
 use tonic::transport::Channel;
 use vigo_proto::admin::admin_client::AdminClient;
 use vigo_proto::admin::{
-    ClusterMember, Compliance, CreateTokenRequest, EnvoyInfo, ListEnvoysRequest, PublishStackRequest,
-    ReportComplianceRequest, ReportComplianceResponse, RevokeEnvoyRequest, ServerStatusRequest, ServerStatusResponse,
-    ShowEnvoyRequest, ShowEnvoyResponse,
+    ClusterMember, Compliance, CreateTokenRequest, EnvoyInfo, ListEnvoysRequest, PromotePeerRequest,
+    PublishStackRequest, RemovePeerRequest, ReportComplianceRequest, ReportComplianceResponse, RevokeEnvoyRequest,
+    ServerStatusRequest, ServerStatusResponse, ShowEnvoyRequest, ShowEnvoyResponse,
 };
 use vigo_proto::tls::{client_config, connect, read_certs, read_key};
 
 #[derive(Parser)]
 #[command(name = "vigocli", version, about = "Vigo operator command line")]
 struct Cli {
-    /// Server address (host:port).
+    /// Server address (host:port); several, comma-separated, are tried in turn until one answers.
     #[arg(long, env = "VIGO_SERVER", global = true, default_value = "127.0.0.1:1530")]
     server: String,
     /// Admin credentials folder (DATA_DIR/admin of the server).
@@ -67,6 +67,16 @@ enum Command {
 enum ServerCommand {
     /// Members, roles, the leader, and each member's log and applied index.
     Status,
+    /// Take a peer out of the cluster (move leadership away from it first).
+    Remove {
+        /// Its node id.
+        node: u64,
+    },
+    /// Make a peer the leader.
+    Promote {
+        /// Its node id.
+        node: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -85,6 +95,10 @@ enum TokenCommand {
         /// Seconds until it expires (0 = never).
         #[arg(long, default_value_t = 0)]
         ttl: u32,
+        /// A join token, admitting a new peer (`vigosrv run --join ADDR --token T`), instead
+        /// of an enrollment token.
+        #[arg(long)]
+        join: bool,
     },
 }
 
@@ -135,7 +149,19 @@ async fn admin_client(cli: &Cli) -> anyhow::Result<AdminClient<Channel>> {
     let file = |name: &str| -> PathBuf { creds.join(name) };
     let ca = read_certs(&file("ca.crt"))?.remove(0);
     let identity = (read_certs(&file("admin.crt"))?, read_key(&file("admin.key"))?);
-    let channel = connect(&cli.server, client_config(&ca, Some(identity))?, Duration::from_secs(10)).await?;
+    let config = client_config(&ca, Some(identity))?;
+    let mut failures = Vec::new();
+    let mut channel = None;
+    for server in cli.server.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match connect(server, config.clone(), Duration::from_secs(5)).await {
+            Ok(c) => {
+                channel = Some(c);
+                break;
+            }
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    let Some(channel) = channel else { bail!("no server answered: {}", failures.join("; ")) };
     Ok(AdminClient::new(channel)
         .max_decoding_message_size(64 * 1024 * 1024)
         .max_encoding_message_size(64 * 1024 * 1024))
@@ -149,9 +175,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let json_out = cli.output == Output::Json;
     let mut client = admin_client(&cli).await?;
     match &cli.command {
-        Command::Token(TokenCommand::Create { uses, ttl }) => {
+        Command::Token(TokenCommand::Create { uses, ttl, join }) => {
             let token = client
-                .create_token(CreateTokenRequest { uses: *uses, ttl_s: *ttl })
+                .create_token(CreateTokenRequest { uses: *uses, ttl_s: *ttl, join: *join })
                 .await
                 .map_err(status)?
                 .into_inner()
@@ -204,6 +230,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Server(ServerCommand::Status) => {
             let status = client.server_status(ServerStatusRequest {}).await.map_err(status)?.into_inner();
             print_server_status(&status, json_out);
+        }
+        Command::Server(ServerCommand::Remove { node }) => {
+            client.remove_peer(RemovePeerRequest { node_id: *node }).await.map_err(status)?;
+            if json_out {
+                println!("{}", json!({ "removed": node }));
+            } else {
+                println!("removed peer {node}");
+            }
+        }
+        Command::Server(ServerCommand::Promote { node }) => {
+            let leader = client.promote_peer(PromotePeerRequest { node_id: *node }).await.map_err(status)?.into_inner();
+            if json_out {
+                println!("{}", json!({ "leader": leader.leader }));
+            } else {
+                println!("peer {} leads", leader.leader);
+            }
         }
         Command::Report(ReportCommand::Compliance) => {
             let report = client.report_compliance(ReportComplianceRequest {}).await.map_err(status)?.into_inner();
@@ -271,7 +313,20 @@ fn print_server_status(s: &ServerStatusResponse, json_out: bool) {
         let members: Vec<serde_json::Value> = s
             .members
             .iter()
-            .map(|m| json!({ "node_id": m.node_id, "addr": m.addr, "voter": m.voter, "matched_index": matched(m) }))
+            .map(|m| {
+                let mut member = json!({ "node_id": m.node_id, "addr": m.addr, "voter": m.voter,
+                    "matched_index": matched(m), "reachable": m.reachable });
+                if m.reachable {
+                    member["role"] = json!(m.role);
+                    member["last_log_index"] = json!(m.last_log_index);
+                    member["applied_index"] = json!(m.applied_index);
+                    member["last_event_index"] = json!(m.last_event_index);
+                    member["last_event_hash"] = json!(hex::encode(&m.last_event_hash));
+                } else {
+                    member["error"] = json!(m.error);
+                }
+                member
+            })
             .collect();
         println!(
             "{}",
@@ -292,11 +347,24 @@ fn print_server_status(s: &ServerStatusResponse, json_out: bool) {
         "node {} ({}, term {}); leader {}; log index {}, applied {}",
         s.node_id, s.role, s.term, leader, s.last_log_index, s.applied_index
     );
-    println!("{:<8} {:<24} {:<8} MATCHED", "MEMBER", "ADDRESS", "KIND");
+    println!(
+        "{:<7} {:<22} {:<8} {:<10} {:>9} {:>9} {:>9}",
+        "MEMBER", "ADDRESS", "KIND", "ROLE", "LOG", "APPLIED", "MATCHED"
+    );
     for m in &s.members {
         let kind = if m.voter { "voter" } else { "learner" };
         let matched = matched(m).map_or("-".to_string(), |i| i.to_string());
-        println!("{:<8} {:<24} {:<8} {}", m.node_id, m.addr, kind, matched);
+        if m.reachable {
+            println!(
+                "{:<7} {:<22} {:<8} {:<10} {:>9} {:>9} {:>9}",
+                m.node_id, m.addr, kind, m.role, m.last_log_index, m.applied_index, matched
+            );
+        } else {
+            println!(
+                "{:<7} {:<22} {:<8} {:<10} {:>9} {:>9} {:>9}  ({})",
+                m.node_id, m.addr, kind, "unreachable", "-", "-", matched, m.error
+            );
+        }
     }
 }
 

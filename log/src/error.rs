@@ -18,6 +18,40 @@ pub enum LogError {
     /// The proposal is not valid against the current state; nothing was appended.
     #[error("proposal refused: {0}")]
     Refused(#[from] ControlError),
+    /// The leader refused a proposal this peer forwarded to it; nothing was stored.
+    #[error("proposal refused by the leader: {0}")]
+    RefusedByLeader(String),
+    /// The proposal was committed behind another that made it invalid, so no event was
+    /// sealed for it (see `state_machine::seal_and_apply`); nothing was stored.
+    #[error("proposal refused when committed: {0}")]
+    Stale(String),
+    /// No leader is known: too few voters are reachable to elect one.
+    #[error("no leader: writes are refused until a quorum of voters is reachable and elects one")]
+    NoLeader,
+    /// This peer leads but cannot reach a quorum of voters, or the write did not commit in time.
+    #[error("no quorum: {0}")]
+    NoQuorum(String),
+    /// The leader this peer knows of does not answer.
+    #[error(
+        "the leader at {addr} cannot be reached ({reason}); writes are refused until a quorum of voters elects a leader"
+    )]
+    LeaderUnreachable {
+        /// Its address.
+        addr: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A membership or leadership change cannot be made.
+    #[error("membership change refused: {0}")]
+    Membership(String),
+    /// Another peer could not be asked, or failed to answer.
+    #[error("peer {addr}: {reason}")]
+    Peer {
+        /// The peer asked.
+        addr: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// RocksDB or openraft storage failed.
     #[error("log storage failed: {0}")]
     Storage(String),

@@ -35,6 +35,7 @@ pub use db::open_storage;
 pub use error::LogError;
 pub use history::{History, replay};
 pub use log_store::LogStore;
-pub use node::{ClusterStatus, LogNode, Member};
+pub use network::{PeerError, Peers};
+pub use node::{ClusterStatus, LogNode, Member, PeerSetup};
 pub use state_machine::StateMachineStore;
 pub use types::{AppliedEvent, Proposal, TypeConfig};

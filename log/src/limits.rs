@@ -32,3 +32,36 @@ pub const SNAPSHOT_LOGS_SINCE_LAST: u64 = 5_000;
 /// Log entries kept after a snapshot, so a briefly lagging peer catches up from the log instead
 /// of receiving the whole history.
 pub const LOGS_KEPT_AFTER_SNAPSHOT: u64 = 1_000;
+
+/// How long a peer waits for a TCP and TLS connection to another peer. Peers sit on one LAN;
+/// a second is plenty, and a dead peer is given up on quickly (openraft backs off after).
+pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Largest message between peers: a batch of [`MAX_PAYLOAD_ENTRIES`] log entries, each of
+/// which may carry a stack archive of up to 16 MiB, or one snapshot chunk.
+pub const PEER_MESSAGE_BYTES_MAX: usize = 256 * 1024 * 1024;
+
+/// Log entries per AppendEntries: few, because one entry can hold a whole stack archive.
+pub const MAX_PAYLOAD_ENTRIES: u64 = 8;
+
+/// How long a proposal may take to commit before the proposer is told the cluster may have
+/// lost its quorum. Commits take milliseconds; this only ends a wait that would not end.
+pub const PROPOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// A leader that has heard from no quorum of voters for this long refuses writes at once
+/// instead of letting them wait for [`PROPOSE_WAIT`]: three election timeouts.
+pub const QUORUM_ACK_MAX_MS: u64 = 3 * ELECTION_TIMEOUT_MAX_MS;
+
+/// How long a peer asked to sit out elections does so, at most, during a leadership transfer;
+/// it takes part again by itself afterwards even if the transfer stopped half way.
+pub const TRANSFER_HOLD: Duration = Duration::from_secs(4);
+
+/// How long a leadership transfer waits for the target to catch up, and then to win.
+pub const TRANSFER_WAIT: Duration = Duration::from_secs(5);
+
+/// How long adding a peer waits for it to catch up as a learner before it becomes a voter
+/// (a snapshot of a long history can take a while to ship).
+pub const CATCH_UP_WAIT: Duration = Duration::from_secs(600);
+
+/// How long a question to another peer (status, forwarding) may take.
+pub const PEER_CALL_TIMEOUT: Duration = Duration::from_secs(2);

@@ -164,7 +164,12 @@ mod tests {
         let mut state = ControlState::default();
         (1..=n)
             .map(|i| {
-                let kind = Kind::TokenCreated(TokenCreated { token_sha256: vec![i; 32], uses: 1, expires_at_ms: 0 });
+                let kind = Kind::TokenCreated(TokenCreated {
+                    token_sha256: vec![i; 32],
+                    uses: 1,
+                    expires_at_ms: 0,
+                    join: false,
+                });
                 let proposal = EventProposal {
                     proposed_at_ms: 1,
                     actor: "admin:t".into(),

@@ -17,7 +17,6 @@ use openraft::{AnyError, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, Sn
 use prost::Message;
 use rocksdb::{DB, WriteBatch};
 use tokio::sync::watch;
-use vigo_proto::events::EventEnvelope;
 use vigo_state::{ControlState, seal};
 
 use crate::db::{self, CF_SM};
@@ -118,18 +117,31 @@ impl StateMachineStore {
 /// Seals a committed proposal as the event after `state` and applies it.
 ///
 /// The empty proposal is openraft's default payload and records nothing (see [`Proposal`]).
-fn seal_and_apply(state: &mut ControlState, proposal: &Proposal, log_index: u64) -> Option<EventEnvelope> {
+/// A proposal is validated when proposed, against the proposer's state; after a leader change
+/// a new leader may append behind an entry of its predecessor that this validation never saw.
+/// So it is validated again here, against the state it actually follows: one that no longer
+/// holds is dropped — on every peer alike, since they all apply the same entries to the same
+/// state — and its proposer is told why (I-1).
+fn seal_and_apply(state: &mut ControlState, proposal: &Proposal, log_index: u64) -> AppliedEvent {
     if proposal.is_empty() {
-        return None;
+        return AppliedEvent::default();
     }
     // `LogNode::propose` encodes every proposal itself, so bytes that do not decode were
     // damaged after commit; every peer holds the same bytes, so stopping is the only safe move.
     let proposal = proposal
         .decode()
         .unwrap_or_else(|e| panic!("I-1: committed log entry {log_index} is not an EventProposal: {e}"));
+    let valid = match &proposal.event {
+        Some(event) => state.validate(event, proposal.proposed_at_ms),
+        None => Err(vigo_state::ControlError::Empty),
+    };
+    if let Err(e) = valid {
+        tracing::warn!(log_index, "committed proposal dropped: {e}");
+        return AppliedEvent { envelope: None, refused: Some(e.to_string()) };
+    }
     let env = seal(proposal, state.last_index() + 1, log_index, state.last_hash());
     state.apply(&env);
-    Some(env)
+    AppliedEvent { envelope: Some(env), refused: None }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
@@ -153,18 +165,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut replies = Vec::new();
         for entry in entries {
             last_applied = Some(entry.log_id);
-            let envelope = match entry.payload {
-                EntryPayload::Blank => None,
+            let applied = match entry.payload {
+                EntryPayload::Blank => AppliedEvent::default(),
                 EntryPayload::Normal(proposal) => seal_and_apply(&mut state, &proposal, entry.log_id.index),
                 EntryPayload::Membership(m) => {
                     membership = StoredMembership::new(Some(entry.log_id), m);
-                    None
+                    AppliedEvent::default()
                 }
             };
-            if let Some(env) = &envelope {
+            if let Some(env) = &applied.envelope {
                 history::put(&self.db, &mut batch, env.index, &env.encode_to_vec());
             }
-            replies.push(AppliedEvent { envelope });
+            replies.push(applied);
         }
         let Some(applied) = last_applied.filter(|_| !replies.is_empty()) else { return Ok(replies) };
         self.put_applied(&mut batch, &applied, &membership).map_err(|e| StorageIOError::apply(applied, &e))?;

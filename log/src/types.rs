@@ -74,19 +74,25 @@ impl fmt::Debug for Proposal {
 }
 
 /// What applying one entry produced: the sealed envelope for a proposal, `None` for blank,
-/// membership and no-op entries. `LogNode::propose` hands the envelope back to the proposer.
+/// membership and no-op entries and for a proposal no longer valid when it came to apply
+/// (`refused` says why). `LogNode::propose` hands either back to the proposer.
 #[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AppliedEvent {
     /// The envelope as archived.
     #[serde(with = "envelope_bytes")]
     pub envelope: Option<EventEnvelope>,
+    /// Why a committed proposal was dropped instead of sealed.
+    pub refused: Option<String>,
 }
 
 impl fmt::Debug for AppliedEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.envelope {
             Some(env) => write!(f, "AppliedEvent(index {}, hash {})", env.index, hex::encode(&env.hash)),
-            None => write!(f, "AppliedEvent(none)"),
+            None => match &self.refused {
+                Some(why) => write!(f, "AppliedEvent(refused: {why})"),
+                None => write!(f, "AppliedEvent(none)"),
+            },
         }
     }
 }
@@ -163,7 +169,12 @@ mod tests {
             proposed_at_ms: 5,
             actor: "admin:t".into(),
             event: Some(Event {
-                kind: Some(Kind::TokenCreated(TokenCreated { token_sha256: vec![1; 32], uses: 1, expires_at_ms: 0 })),
+                kind: Some(Kind::TokenCreated(TokenCreated {
+                    token_sha256: vec![1; 32],
+                    uses: 1,
+                    expires_at_ms: 0,
+                    join: false,
+                })),
             }),
         }
     }
@@ -181,7 +192,11 @@ mod tests {
     #[test]
     fn applied_event_round_trips_through_postcard() {
         let env = vigo_state::seal(proposal(), 1, 3, vigo_state::GENESIS_HASH);
-        for applied in [AppliedEvent { envelope: Some(env) }, AppliedEvent::default()] {
+        for applied in [
+            AppliedEvent { envelope: Some(env), refused: None },
+            AppliedEvent { envelope: None, refused: Some("stale".into()) },
+            AppliedEvent::default(),
+        ] {
             let bytes = postcard::to_stdvec(&applied).unwrap();
             let back: AppliedEvent = postcard::from_bytes(&bytes).unwrap();
             assert_eq!(back, applied);

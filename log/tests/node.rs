@@ -104,6 +104,26 @@ async fn i1_invalid_proposals_are_refused_before_the_log() {
     close(node).await;
 }
 
+/// Two proposals each valid alone, committed one after the other: after a leader change the
+/// new leader can append behind an entry of the old one that its own validation never saw.
+/// The second must be dropped by every peer alike, not stop them.
+#[tokio::test]
+async fn i1_a_committed_proposal_no_longer_valid_is_dropped_not_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = open(dir.path()).await;
+    let first = node.raft().client_write(vigo_log::Proposal::new(&stack(1))).await.unwrap();
+    assert_eq!(first.data.envelope.as_ref().map(|e| e.index), Some(1));
+    let second = node.raft().client_write(vigo_log::Proposal::new(&stack(1))).await.unwrap();
+    assert!(second.data.envelope.is_none(), "no event is sealed for it");
+    let refusal = second.data.refused.expect("the refusal is answered");
+    assert!(refusal.contains("stack version 1 does not follow the live version 1"), "{refusal}");
+    assert_eq!(node.last_history_index(), 1);
+    assert_eq!(node.propose(token(2)).await.unwrap().index, 2, "the log goes on");
+    close(node).await;
+    let node = open(dir.path()).await;
+    assert_eq!(node.last_history_index(), 2, "a restart replays the same way");
+    close(node).await;
+}
 #[tokio::test]
 async fn history_survives_log_compaction_and_restart() {
     let dir = tempfile::tempdir().unwrap();

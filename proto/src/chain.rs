@@ -103,7 +103,12 @@ mod tests {
             proposed_at_ms: 1_000 + i64::from(n),
             actor: "admin:test".into(),
             event: Some(Event {
-                kind: Some(Kind::TokenCreated(TokenCreated { token_sha256: vec![n; 32], uses: 1, expires_at_ms: 0 })),
+                kind: Some(Kind::TokenCreated(TokenCreated {
+                    token_sha256: vec![n; 32],
+                    uses: 1,
+                    expires_at_ms: 0,
+                    join: false,
+                })),
             }),
         }
     }

@@ -35,6 +35,12 @@ pub mod fleet {
     tonic::include_proto!("vigo.fleet");
 }
 
+/// Peer API (vigosrv ↔ vigosrv): Raft RPCs, forwarded writes, joining.
+pub mod peer {
+    #![allow(clippy::all)]
+    tonic::include_proto!("vigo.peer");
+}
+
 pub mod chain;
 pub mod codec;
 pub mod fds;

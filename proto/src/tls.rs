@@ -53,6 +53,35 @@ pub enum TlsError {
         /// Why.
         reason: String,
     },
+    /// The server would not say which CA it belongs to.
+    #[error("cannot fetch the cluster CA from {addr}: {reason}")]
+    CaFetch {
+        /// The server address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The server's CA is not the one a token pins.
+    #[error("server {0} presented a CA that does not match the token")]
+    CaMismatch(String),
+}
+
+/// Fetches the cluster CA certificate (DER) from the server at `addr` and checks it against the
+/// SHA-256 `pin` a token carries. The one call made before the server is trusted: its
+/// certificate is not checked, the CA it hands over is, by the pin.
+pub async fn fetch_pinned_ca(addr: &str, pin: &[u8; 32], timeout: Duration) -> Result<Vec<u8>, TlsError> {
+    use sha2::Digest;
+    let channel = connect(addr, ca_fetch_config()?, timeout).await?;
+    let ca_der = crate::agent::agent_client::AgentClient::new(channel)
+        .get_ca(crate::agent::GetCaRequest {})
+        .await
+        .map_err(|s| TlsError::CaFetch { addr: addr.to_string(), reason: s.message().to_string() })?
+        .into_inner()
+        .ca_cert_der;
+    if sha2::Sha256::digest(&ca_der).as_slice() != pin {
+        return Err(TlsError::CaMismatch(addr.to_string()));
+    }
+    Ok(ca_der)
 }
 
 /// PKCS#8 DER for an Ed25519 key given its 32-byte seed.
@@ -191,12 +220,44 @@ pub async fn connect_from(
     config: Arc<rustls::ClientConfig>,
     timeout: Duration,
 ) -> Result<Channel, TlsError> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+    let endpoint = endpoint(addr, timeout)?;
+    let connecting = endpoint.connect_with_connector(connector(source, config));
+    match tokio::time::timeout(timeout, connecting).await {
+        Ok(Ok(channel)) => Ok(channel),
+        Ok(Err(e)) => Err(TlsError::Connect { addr: addr.to_string(), reason: error_chain(&e) }),
+        Err(_) => Err(TlsError::Connect { addr: addr.to_string(), reason: format!("timed out after {timeout:?}") }),
+    }
+}
+
+/// A gRPC channel to `addr` over TLS with `config` that connects on first use and reconnects
+/// after a failure by itself: what a peer keeps for each other peer, which may be down now and
+/// back later.
+pub fn connect_lazy(addr: &str, config: Arc<rustls::ClientConfig>, timeout: Duration) -> Result<Channel, TlsError> {
+    Ok(endpoint(addr, timeout)?.connect_with_connector_lazy(connector(None, config)))
+}
+
+fn endpoint(addr: &str, timeout: Duration) -> Result<Endpoint, TlsError> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|_| TlsError::Address(addr.to_string()))?
         .connect_timeout(timeout)
         .timeout(timeout.max(Duration::from_secs(30)))
-        .tcp_nodelay(true);
-    let connector = tower::service_fn(move |uri: Uri| {
+        .tcp_nodelay(true))
+}
+
+/// Opens TCP (from `source` when given) and TLS with `config`, naming the server [`SERVER_NAME`].
+fn connector(
+    source: Option<IpAddr>,
+    config: Arc<rustls::ClientConfig>,
+) -> impl tower::Service<
+    Uri,
+    Response = TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    Error = std::io::Error,
+    Future = impl Future<Output = Result<TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>, std::io::Error>>
+             + Send,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(move |uri: Uri| {
         let config = config.clone();
         async move {
             let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
@@ -218,13 +279,7 @@ pub async fn connect_from(
             let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
             Ok::<_, std::io::Error>(TokioIo::new(tls))
         }
-    });
-    let connecting = endpoint.connect_with_connector(connector);
-    match tokio::time::timeout(timeout, connecting).await {
-        Ok(Ok(channel)) => Ok(channel),
-        Ok(Err(e)) => Err(TlsError::Connect { addr: addr.to_string(), reason: error_chain(&e) }),
-        Err(_) => Err(TlsError::Connect { addr: addr.to_string(), reason: format!("timed out after {timeout:?}") }),
-    }
+    })
 }
 
 /// An error and its sources on one line.

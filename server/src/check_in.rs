@@ -285,6 +285,7 @@ mod tests {
             token_sha256: vec![1; 32],
             uses: envoys.len() as u32,
             expires_at_ms: 0,
+            join: false,
         })];
         for (i, (id, key)) in envoys.iter().enumerate() {
             kinds.push(Kind::EnvoyEnrolled(EnvoyEnrolled {

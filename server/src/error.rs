@@ -27,11 +27,25 @@ impl From<WriteError> for Status {
     fn from(e: WriteError) -> Self {
         match e {
             WriteError::Refused(c) => refused(c),
-            WriteError::Log(LogError::NotLeader { leader_hint }) => Status::unavailable(match leader_hint {
-                Some(leader) => format!("not the leader; try {leader}"),
-                None => "not the leader and no leader is known; retry shortly".to_string(),
-            }),
-            WriteError::Log(other) => Status::unavailable(format!("log write failed: {other}")),
+            WriteError::Log(e) => log_status(e),
+        }
+    }
+}
+
+/// How a log error reaches a client: refusals as what was wrong with the request, a missing
+/// leader or quorum as `UNAVAILABLE` (try again, or elsewhere), a broken log as `INTERNAL`.
+pub fn log_status(e: LogError) -> Status {
+    let msg = e.to_string();
+    match e {
+        LogError::Refused(c) => refused(c),
+        LogError::RefusedByLeader(_) | LogError::Stale(_) | LogError::Membership(_) => Status::failed_precondition(msg),
+        LogError::NotLeader { .. }
+        | LogError::NoLeader
+        | LogError::NoQuorum(_)
+        | LogError::LeaderUnreachable { .. }
+        | LogError::Peer { .. } => Status::unavailable(msg),
+        LogError::Storage(_) | LogError::Chain { .. } | LogError::Shutdown | LogError::Fatal(_) => {
+            Status::internal(msg)
         }
     }
 }
@@ -46,8 +60,12 @@ pub fn refused(e: ControlError) -> Status {
         ControlError::HostnameTaken { .. } | ControlError::EnvoyIdTaken(_) | ControlError::TokenExists => {
             Status::already_exists(msg)
         }
-        ControlError::EnvoyUnknown(_) => Status::not_found(msg),
-        ControlError::AlreadyRevoked(_) | ControlError::StackVersion { .. } => Status::failed_precondition(msg),
+        ControlError::TokenKind(_) => Status::permission_denied(msg),
+        ControlError::EnvoyUnknown(_) | ControlError::PeerUnknown(_) => Status::not_found(msg),
+        ControlError::AlreadyRevoked(_)
+        | ControlError::StackVersion { .. }
+        | ControlError::KeysExist
+        | ControlError::PeerId { .. } => Status::failed_precondition(msg),
         ControlError::Empty | ControlError::Malformed(_) => Status::invalid_argument(msg),
     }
 }

@@ -14,6 +14,7 @@ pub mod compliance;
 pub mod error;
 pub mod flusher;
 pub mod http;
+pub mod join;
 pub mod limits;
 pub mod metrics;
 pub mod node;
@@ -31,7 +32,11 @@ use vigo_proto::admin::admin_server::AdminServer;
 use vigo_proto::agent::agent_server::AgentServer;
 
 use crate::node::{Node, Settings};
-use crate::pki::{Paths, Pki};
+use crate::pki::{Paths, PeerIdentity, Pki};
+use crate::services::peer::PeerService;
+use std::sync::Arc;
+use vigo_log::{LogNode, PeerSetup};
+use vigo_proto::peer::peer_server::PeerServer;
 
 /// How to run a server.
 #[derive(Debug, Clone)]
@@ -51,6 +56,8 @@ pub struct RunConfig {
     /// Sessions and watches held at most at once; `None`: the open-file limit less
     /// [`limits::FDS_NOT_HELD`].
     pub held_max: Option<usize>,
+    /// Join the cluster of another peer instead of founding one (on an empty data dir).
+    pub join: Option<join::JoinConfig>,
 }
 
 /// Runs the server until `shutdown` resolves.
@@ -58,11 +65,6 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 
     let paths = Paths::new(&config.data_dir);
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
-    if !paths.is_initialized() {
-        pki::init(&paths)?;
-        tracing::info!(admin = %paths.admin_dir().display(), "initialized a new single-node cluster; admin credentials written");
-    }
-    let pki = Pki::load(&paths)?;
     let open_files = match vigo_proto::fds::raise_open_files_limit() {
         Ok(n) => {
             tracing::info!(open_files = n, "open-file limit");
@@ -77,11 +79,67 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let listen = listener.local_addr()?;
-    let log =
-        vigo_log::LogNode::open(&config.data_dir, 1, listen.to_string()).await.context("cannot open the event log")?;
+    let listen = listener.local_addr()?.to_string();
+    let joining = !paths.is_initialized() && config.join.is_some();
+    if !paths.is_initialized() {
+        match &config.join {
+            None => {
+                pki::init(&paths)?;
+                tracing::info!(admin = %paths.admin_dir().display(), "founded a new cluster; admin credentials written");
+            }
+            Some(join) => {
+                join::request_identity(&paths, join, &listen).await?;
+            }
+        }
+    } else if config.join.is_some() {
+        tracing::warn!("this data dir already belongs to a peer; --join is ignored");
+    }
+    let identity = PeerIdentity::load(&paths)?;
+    let founding = paths.founding_keys().exists();
+    let setup = PeerSetup {
+        node_id: identity.node_id,
+        addr: listen.clone(),
+        tls: Some(identity.peer_client_tls()?),
+        bootstrap: founding,
+    };
+    let log = Arc::new(LogNode::open_peer(&config.data_dir, setup).await.context("cannot open the event log")?);
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem))
+        .client_ca_root(Certificate::from_pem(&identity.ca_pem))
+        .client_auth_optional(true);
+    // One listening socket for both stages of a join.
+    let listener = listener.into_std()?;
+    if founding {
+        join::found(&log, &paths, &identity, &listen).await?;
+    } else if log.state().keys().is_none() {
+        // Joining (or resuming a join): serve the peer service alone until this peer is a voter
+        // and has the cluster keys.
+        let stage = tokio::net::TcpListener::from_std(listener.try_clone()?)?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(
+            Server::builder()
+                .tls_config(tls.clone())?
+                .add_service(peer_server(PeerService::new(log.clone(), None)))
+                .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(stage), async {
+                    let _ = stopped.await;
+                }),
+        );
+        let join_addr = config.join.as_ref().map(|j| j.addr.as_str()).filter(|_| joining);
+        join::become_voter(&paths, &identity, join_addr).await?;
+        let mut applied = log.watch_applied();
+        let keys = applied.wait_for(|_| log.state().keys().is_some());
+        tokio::time::timeout(limits::KEYS_WAIT, keys)
+            .await
+            .context("joined, but the cluster keys did not arrive")?
+            .context("the log stopped")?;
+        let _ = stop.send(());
+        serving.await?.context("the peer service failed while joining")?;
+        tracing::info!(node_id = identity.node_id, "joined the cluster as a voter");
+    }
+    let keys = log.state().keys().cloned().context("the log holds no cluster keys")?;
+    let pki = Pki::unseal(identity, &keys)?;
     let settings = Settings {
-        listen: listen.to_string(),
+        listen: listen.clone(),
         check_in_interval_s: config.check_in_interval_s,
         check_in_queue_max: config.check_in_queue_max,
         held_max,
@@ -116,10 +174,6 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 
         flusher::Flusher::start(node.clone(), store, config.flush_interval).context("cannot start the fleet flusher")?
     };
 
-    let tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(&node.pki.server_cert_pem, &node.pki.server_key_pem))
-        .client_ca_root(Certificate::from_pem(&node.pki.ca_pem))
-        .client_auth_optional(true);
     let max = limits::GRPC_MESSAGE_BYTES_MAX;
     println!("vigosrv listening on {listen}");
     let _http = match config.http {
@@ -138,6 +192,7 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 
         // Held watches end first; then the graceful shutdown has no stream left to wait for.
         stopping.stopping.send_replace(true);
     };
+    let listener = tokio::net::TcpListener::from_std(listener)?;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     Server::builder()
         .tls_config(tls)?
@@ -151,6 +206,7 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         )
+        .add_service(peer_server(PeerService::new(node.log.clone(), Some(node.clone()))))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .context("server failed")?;
@@ -158,6 +214,12 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 
     tokio::task::spawn_blocking(move || flusher.stop()).await?;
     node.log.shutdown().await.context("log shutdown")?;
     Ok(())
+}
+
+fn peer_server(service: PeerService) -> PeerServer<PeerService> {
+    PeerServer::new(service)
+        .max_decoding_message_size(vigo_log::limits::PEER_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(vigo_log::limits::PEER_MESSAGE_BYTES_MAX)
 }
 
 /// Aborts a background task when dropped, so it ends with the server.

@@ -56,3 +56,13 @@ pub const FDS_NOT_HELD: usize = 1024;
 /// An envoy is online when its last accepted request is at most this many check-in
 /// intervals old: one missed check-in (plus jitter) is not yet an outage.
 pub const ONLINE_INTERVALS: i64 = 3;
+
+/// How long a joining peer waits for one call to the cluster it joins (CA, admission).
+pub const JOIN_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long a joining peer keeps asking to become a voter before it gives up: long enough for a
+/// leader election and for a snapshot of a long history to ship.
+pub const JOIN_WAIT: std::time::Duration = std::time::Duration::from_secs(900);
+
+/// How long a joining peer waits, once a voter, for the cluster keys to apply.
+pub const KEYS_WAIT: std::time::Duration = std::time::Duration::from_secs(60);

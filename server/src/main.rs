@@ -19,7 +19,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the server; an empty data dir initializes a new single-node cluster.
+    /// Run the server. An empty data dir founds a new cluster of one peer, or, with `--join`,
+    /// joins an existing cluster as a new peer.
     Run {
         /// Where the log, key material and admin credentials live.
         #[arg(long)]
@@ -44,6 +45,12 @@ enum Command {
         /// [default: the open-file limit less 1024].
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         held_max: Option<u64>,
+        /// host:port of any peer of the cluster to join (only on an empty data dir).
+        #[arg(long, requires = "token")]
+        join: Option<String>,
+        /// The join token (`vigocli token create --join`).
+        #[arg(long, requires = "join")]
+        token: Option<String>,
     },
 }
 
@@ -57,7 +64,17 @@ fn main() {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { data_dir, listen, http, check_in_interval, flush_interval, check_in_queue_max_ms, held_max } => {
+        Command::Run {
+            data_dir,
+            listen,
+            http,
+            check_in_interval,
+            flush_interval,
+            check_in_queue_max_ms,
+            held_max,
+            join,
+            token,
+        } => {
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
             let flush_interval = std::time::Duration::from_secs_f64(flush_interval);
             runtime.block_on(vigo_server::run(
@@ -69,6 +86,7 @@ fn main() {
                     flush_interval,
                     check_in_queue_max: std::time::Duration::from_millis(check_in_queue_max_ms),
                     held_max: held_max.map(|n| n as usize),
+                    join: join.zip(token).map(|(addr, token)| vigo_server::join::JoinConfig { addr, token }),
                 },
                 shutdown_signal(),
             ))

@@ -47,7 +47,7 @@ pub enum WriteError {
 /// Everything the services share.
 pub struct Node {
     /// The replicated log and its projection.
-    pub log: LogNode,
+    pub log: Arc<LogNode>,
     /// Observations.
     pub fleet: FleetIndex,
     /// Compiled bundles.
@@ -82,7 +82,7 @@ pub fn now_ms() -> i64 {
 
 impl Node {
     /// Assembles a node.
-    pub fn new(log: LogNode, pki: Pki, settings: Settings) -> Arc<Self> {
+    pub fn new(log: Arc<LogNode>, pki: Pki, settings: Settings) -> Arc<Self> {
         let bundles = BundleCache::new(pki.bundle_key.clone());
         let stack_version = tokio::sync::watch::Sender::new(log.state().stack_version());
         Arc::new(Self {
@@ -118,6 +118,13 @@ impl Node {
     /// [`crate::limits::ONLINE_INTERVALS`] check-in intervals.
     pub fn online_since_ms(&self, now_ms: i64) -> i64 {
         now_ms - crate::limits::ONLINE_INTERVALS * i64::from(self.settings.check_in_interval_s) * 1000
+    }
+
+    /// Where envoys reach the cluster: this peer first, then every other current peer.
+    pub fn servers(&self) -> Vec<String> {
+        let control = self.control();
+        let others = control.peers().filter(|p| p.removed_index.is_none() && p.addr != self.settings.listen);
+        std::iter::once(self.settings.listen.clone()).chain(others.map(|p| p.addr.clone())).collect()
     }
 
     /// The control snapshot as of the last applied event.

@@ -30,7 +30,7 @@ fn health_and_status_pages() {
     let (status, body) = get(&http, "/status");
     assert_eq!(status, "HTTP/1.1 200 OK");
     let status: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(status["events"], 2, "TokenCreated and EnvoyEnrolled");
+    assert_eq!(status["events"], 4, "the founding ClusterKeysSealed and PeerAdmitted, TokenCreated and EnvoyEnrolled");
     assert_eq!(status["envoys"], 1);
     assert_eq!(status["stack_version"], 0);
 

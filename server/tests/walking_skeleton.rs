@@ -128,7 +128,16 @@ fn enroll_publish_converge_offline_restart_audit() {
     let kinds: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
     assert_eq!(
         kinds,
-        ["TokenCreated", "EnvoyEnrolled", "EnvoyEnrolled", "EnvoyEnrolled", "StackPublished", "StackPublished"]
+        [
+            "ClusterKeysSealed",
+            "PeerAdmitted",
+            "TokenCreated",
+            "EnvoyEnrolled",
+            "EnvoyEnrolled",
+            "EnvoyEnrolled",
+            "StackPublished",
+            "StackPublished"
+        ]
     );
     for (i, e) in events.iter().enumerate() {
         assert_eq!(e["index"], i as u64 + 1);

@@ -17,9 +17,11 @@ use vigo_proto::events::{Event, EventEnvelope, event::Kind};
 
 use vigo_proto::chain::{self, GENESIS_HASH};
 
-/// An enrollment token, known by its SHA-256 only.
+/// An enrollment or join token, known by its SHA-256 only.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenEntry {
+    /// A join token admits peers; otherwise it enrolls envoys.
+    pub join: bool,
     /// Enrollments still allowed.
     pub uses_left: u32,
     /// Refused after this time (ms since epoch); 0 = never.
@@ -86,6 +88,36 @@ pub struct LiveStack {
     pub index: u64,
 }
 
+/// The cluster's keys as sealed on the log (see `ClusterKeysSealed` in `events.proto`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedKeys {
+    /// The CA certificate, DER.
+    pub ca_cert_der: Vec<u8>,
+    /// The CA private key, sealed.
+    pub sealed_ca_key: Vec<u8>,
+    /// The bundle-signing key, sealed.
+    pub sealed_bundle_key: Vec<u8>,
+    /// SHA-256 of the seal key.
+    pub seal_key_sha256: [u8; 32],
+    /// Event index that put them on the log.
+    pub index: u64,
+}
+
+/// A peer of the cluster, as admitted on the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerEntry {
+    /// Its Raft node id.
+    pub node_id: u64,
+    /// host:port it serves on.
+    pub addr: String,
+    /// SHA-256 of its certificate.
+    pub cert_sha256: [u8; 32],
+    /// Event index of its admission.
+    pub admitted_index: u64,
+    /// Event index of its removal; `None` while it is a member.
+    pub removed_index: Option<u64>,
+}
+
 /// Why an event cannot be applied to the current state. Checked before proposing; a
 /// committed event that fails it means divergence, and `apply` panics.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -125,6 +157,24 @@ pub enum ControlError {
     /// The envoy is already revoked.
     #[error("envoy {0} is already revoked")]
     AlreadyRevoked(String),
+    /// A token of the other kind: a join token cannot enroll an envoy, nor an enrollment
+    /// token admit a peer.
+    #[error("this token {0}")]
+    TokenKind(&'static str),
+    /// The cluster keys are on the log already.
+    #[error("the cluster keys are already sealed on the log")]
+    KeysExist,
+    /// A peer's node id must be the next free one.
+    #[error("peer node id {found} is not the next free id {next}")]
+    PeerId {
+        /// The next free id.
+        next: u64,
+        /// The id proposed.
+        found: u64,
+    },
+    /// No current member with this node id.
+    #[error("no peer {0} in the cluster")]
+    PeerUnknown(u64),
     /// A stack version must be the live one plus one.
     #[error("stack version {found} does not follow the live version {live}")]
     StackVersion {
@@ -145,6 +195,8 @@ pub struct ControlState {
     /// Hostname → envoy id, for envoys that are not revoked.
     active_hostnames: HashMap<String, String>,
     stack: Option<Arc<LiveStack>>,
+    keys: Option<Arc<SealedKeys>>,
+    peers: OrdMap<u64, PeerEntry>,
 }
 
 impl ControlState {
@@ -193,6 +245,31 @@ impl ControlState {
         self.stack.as_ref().map_or(0, |s| s.version)
     }
 
+    /// The cluster keys, once sealed on the log.
+    pub fn keys(&self) -> Option<&Arc<SealedKeys>> {
+        self.keys.as_ref()
+    }
+
+    /// Every peer ever admitted, by node id.
+    pub fn peers(&self) -> impl Iterator<Item = &PeerEntry> {
+        self.peers.values()
+    }
+
+    /// The peer with this node id.
+    pub fn peer(&self, node_id: u64) -> Option<&PeerEntry> {
+        self.peers.get(&node_id)
+    }
+
+    /// Whether peer `node_id` was admitted and not removed since.
+    pub fn is_member(&self, node_id: u64) -> bool {
+        self.peers.get(&node_id).is_some_and(|p| p.removed_index.is_none())
+    }
+
+    /// The node id the next admitted peer gets: ids are never reused.
+    pub fn next_peer_id(&self) -> u64 {
+        self.peers.keys().next_back().map_or(1, |last| last + 1)
+    }
+
     /// Whether `event`, stamped at `now_ms`, may be applied to this state.
     pub fn validate(&self, event: &Event, now_ms: i64) -> Result<(), ControlError> {
         match event.kind.as_ref().ok_or(ControlError::Empty)? {
@@ -212,13 +289,7 @@ impl ControlState {
                 if e.envoy_id.is_empty() || e.hostname.is_empty() {
                     return Err(ControlError::Malformed("envoy id and hostname are required"));
                 }
-                let token = self.tokens.get(&hash).ok_or(ControlError::TokenUnknown)?;
-                if token.uses_left == 0 {
-                    return Err(ControlError::TokenUsedUp);
-                }
-                if token.expires_at_ms != 0 && now_ms > token.expires_at_ms {
-                    return Err(ControlError::TokenExpired);
-                }
+                self.check_token(&hash, false, now_ms)?;
                 if self.envoys.contains_key(&e.envoy_id) {
                     return Err(ControlError::EnvoyIdTaken(e.envoy_id.clone()));
                 }
@@ -240,8 +311,66 @@ impl ControlState {
                     return Err(ControlError::StackVersion { live, found: s.version });
                 }
             }
+            Kind::ClusterKeysSealed(k) => {
+                hash32(&k.seal_key_sha256).ok_or(ControlError::Malformed("seal_key_sha256 must be 32 bytes"))?;
+                if k.ca_cert_der.is_empty() || k.sealed_ca_key.is_empty() || k.sealed_bundle_key.is_empty() {
+                    return Err(ControlError::Malformed("the CA certificate and both sealed keys are required"));
+                }
+                if self.keys.is_some() {
+                    return Err(ControlError::KeysExist);
+                }
+            }
+            Kind::PeerAdmitted(p) => {
+                hash32(&p.cert_sha256).ok_or(ControlError::Malformed("cert_sha256 must be 32 bytes"))?;
+                if p.addr.is_empty() {
+                    return Err(ControlError::Malformed("a peer needs an address"));
+                }
+                let next = self.next_peer_id();
+                if p.node_id != next {
+                    return Err(ControlError::PeerId { next, found: p.node_id });
+                }
+                // Only the founding peer comes in without a token.
+                if !(p.token_sha256.is_empty() && self.peers.is_empty()) {
+                    let hash =
+                        hash32(&p.token_sha256).ok_or(ControlError::Malformed("token_sha256 must be 32 bytes"))?;
+                    self.check_token(&hash, true, now_ms)?;
+                }
+            }
+            Kind::PeerRemoved(r) => {
+                if !self.is_member(r.node_id) {
+                    return Err(ControlError::PeerUnknown(r.node_id));
+                }
+            }
+            Kind::ClusterRecovered(r) => {
+                if !self.is_member(r.node_id) {
+                    return Err(ControlError::PeerUnknown(r.node_id));
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Whether the token with this hash may be used now, for a peer (`join`) or an envoy.
+    fn check_token(&self, hash: &[u8; 32], join: bool, now_ms: i64) -> Result<(), ControlError> {
+        let token = self.tokens.get(hash).ok_or(ControlError::TokenUnknown)?;
+        match (token.join, join) {
+            (true, false) => return Err(ControlError::TokenKind("admits a peer; it cannot enroll an envoy")),
+            (false, true) => return Err(ControlError::TokenKind("enrolls envoys; it cannot admit a peer")),
+            _ => {}
+        }
+        if token.uses_left == 0 {
+            return Err(ControlError::TokenUsedUp);
+        }
+        if token.expires_at_ms != 0 && now_ms > token.expires_at_ms {
+            return Err(ControlError::TokenExpired);
+        }
+        Ok(())
+    }
+
+    fn use_token(&mut self, token_sha256: &[u8]) {
+        if let Some(token) = hash32(token_sha256).and_then(|hash| self.tokens.get_mut(&hash)) {
+            token.uses_left -= 1;
+        }
     }
 
     /// Folds one committed envelope into the state.
@@ -260,14 +389,16 @@ impl ControlState {
         let index = env.index;
         match event.kind.as_ref().expect("validated") {
             Kind::TokenCreated(t) => {
-                let entry = TokenEntry { uses_left: t.uses, expires_at_ms: t.expires_at_ms, created_index: index };
+                let entry = TokenEntry {
+                    join: t.join,
+                    uses_left: t.uses,
+                    expires_at_ms: t.expires_at_ms,
+                    created_index: index,
+                };
                 self.tokens.insert(hash32(&t.token_sha256).expect("validated"), entry);
             }
             Kind::EnvoyEnrolled(e) => {
-                let token_hash = hash32(&e.token_sha256).expect("validated");
-                if let Some(token) = self.tokens.get_mut(&token_hash) {
-                    token.uses_left -= 1;
-                }
+                self.use_token(&e.token_sha256);
                 let entry = EnvoyEntry {
                     envoy_id: e.envoy_id.clone(),
                     hostname: e.hostname.clone(),
@@ -295,6 +426,38 @@ impl ControlState {
                     message: s.message.clone(),
                     index,
                 }));
+            }
+            Kind::ClusterKeysSealed(k) => {
+                self.keys = Some(Arc::new(SealedKeys {
+                    ca_cert_der: k.ca_cert_der.clone(),
+                    sealed_ca_key: k.sealed_ca_key.clone(),
+                    sealed_bundle_key: k.sealed_bundle_key.clone(),
+                    seal_key_sha256: hash32(&k.seal_key_sha256).expect("validated"),
+                    index,
+                }));
+            }
+            Kind::PeerAdmitted(p) => {
+                self.use_token(&p.token_sha256);
+                let entry = PeerEntry {
+                    node_id: p.node_id,
+                    addr: p.addr.clone(),
+                    cert_sha256: hash32(&p.cert_sha256).expect("validated"),
+                    admitted_index: index,
+                    removed_index: None,
+                };
+                self.peers.insert(p.node_id, entry);
+            }
+            Kind::PeerRemoved(r) => {
+                if let Some(peer) = self.peers.get_mut(&r.node_id) {
+                    peer.removed_index = Some(index);
+                }
+            }
+            Kind::ClusterRecovered(r) => {
+                for lost in &r.lost {
+                    if let Some(peer) = self.peers.get_mut(lost).filter(|p| p.removed_index.is_none()) {
+                        peer.removed_index = Some(index);
+                    }
+                }
             }
         }
         self.last_index = index;
@@ -324,7 +487,10 @@ fn hash32(bytes: &[u8]) -> Option<[u8; 32]> {
 mod tests {
     use super::*;
     use vigo_proto::chain::seal;
-    use vigo_proto::events::{EnvoyEnrolled, EnvoyRevoked, EventProposal, StackPublished, TokenCreated};
+    use vigo_proto::events::{
+        ClusterKeysSealed, ClusterRecovered, EnvoyEnrolled, EnvoyRevoked, EventProposal, PeerAdmitted, PeerRemoved,
+        StackPublished, TokenCreated,
+    };
 
     fn propose(state: &ControlState, kind: Kind) -> EventEnvelope {
         let proposal = EventProposal {
@@ -346,7 +512,7 @@ mod tests {
     }
 
     fn token(n: u8, uses: u32) -> Kind {
-        Kind::TokenCreated(TokenCreated { token_sha256: vec![n; 32], uses, expires_at_ms: 0 })
+        Kind::TokenCreated(TokenCreated { token_sha256: vec![n; 32], uses, expires_at_ms: 0, join: false })
     }
 
     /// Applies a script of events, refusing (and skipping) invalid ones as the server would.
@@ -372,6 +538,74 @@ mod tests {
             );
         }
         out
+    }
+
+    fn admitted(node_id: u64, token: Option<u8>) -> Kind {
+        Kind::PeerAdmitted(PeerAdmitted {
+            node_id,
+            addr: format!("10.0.0.{node_id}:1530"),
+            cert_sha256: vec![node_id as u8; 32],
+            token_sha256: token.map(|t| vec![t; 32]).unwrap_or_default(),
+        })
+    }
+
+    #[test]
+    fn peers_are_admitted_with_join_tokens_in_id_order_and_removed() {
+        let join = |n: u8| {
+            Kind::TokenCreated(TokenCreated { token_sha256: vec![n; 32], uses: 1, expires_at_ms: 0, join: true })
+        };
+        let (state, refusals) = run(vec![
+            admitted(1, None),
+            admitted(2, None),
+            join(5),
+            token(6, 1),
+            enrolled("e1", "web-1", 5),
+            admitted(2, Some(6)),
+            admitted(3, Some(5)),
+            admitted(2, Some(5)),
+            admitted(2, Some(5)),
+            Kind::PeerRemoved(PeerRemoved { node_id: 2 }),
+            Kind::PeerRemoved(PeerRemoved { node_id: 9 }),
+            Kind::ClusterRecovered(ClusterRecovered { node_id: 1, lost: vec![2, 3] }),
+        ]);
+        assert_eq!(
+            refusals,
+            [
+                "malformed event: token_sha256 must be 32 bytes",
+                "this token admits a peer; it cannot enroll an envoy",
+                "this token enrolls envoys; it cannot admit a peer",
+                "peer node id 3 is not the next free id 2",
+                "peer node id 2 is not the next free id 3",
+                "no peer 9 in the cluster",
+            ]
+        );
+        let peers: Vec<_> = state.peers().map(|p| (p.node_id, p.removed_index)).collect();
+        assert_eq!(peers, [(1, None), (2, Some(5))]);
+        assert_eq!(state.next_peer_id(), 3, "ids are never reused");
+        let (state, _) = run(vec![admitted(1, None), join(5), admitted(2, Some(5))]);
+        let (recovered, _) = run(vec![
+            admitted(1, None),
+            join(5),
+            admitted(2, Some(5)),
+            Kind::ClusterRecovered(ClusterRecovered { node_id: 1, lost: vec![2] }),
+        ]);
+        assert_eq!(state.peer(2).unwrap().removed_index, None);
+        assert_eq!(recovered.peer(2).unwrap().removed_index, Some(4));
+    }
+
+    #[test]
+    fn cluster_keys_are_sealed_once() {
+        let keys = || {
+            Kind::ClusterKeysSealed(ClusterKeysSealed {
+                ca_cert_der: vec![1],
+                sealed_ca_key: vec![2],
+                sealed_bundle_key: vec![3],
+                seal_key_sha256: vec![4; 32],
+            })
+        };
+        let (state, refusals) = run(vec![keys(), keys()]);
+        assert_eq!(refusals, ["the cluster keys are already sealed on the log"]);
+        assert_eq!(state.keys().unwrap().index, 1);
     }
 
     #[test]
@@ -432,8 +666,10 @@ mod tests {
         let err = state.validate(&Event { kind: Some(enrolled("e1", "h", 4)) }, 0).unwrap_err();
         assert_eq!(err, ControlError::TokenUnknown);
         let mut state = ControlState::default();
-        let env =
-            propose(&state, Kind::TokenCreated(TokenCreated { token_sha256: vec![4; 32], uses: 1, expires_at_ms: 10 }));
+        let env = propose(
+            &state,
+            Kind::TokenCreated(TokenCreated { token_sha256: vec![4; 32], uses: 1, expires_at_ms: 10, join: false }),
+        );
         state.apply(&env);
         let err = state.validate(&Event { kind: Some(enrolled("e1", "h", 4)) }, 11).unwrap_err();
         assert_eq!(err, ControlError::TokenExpired);

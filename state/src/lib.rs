@@ -15,7 +15,7 @@ pub mod fleet_store;
 pub mod traits;
 
 pub use chain::{ChainError, GENESIS_HASH, envelope_hash, seal, verify_next};
-pub use control::{ControlError, ControlState, EnvoyEntry, KeyCache, LiveStack, TokenEntry};
+pub use control::{ControlError, ControlState, EnvoyEntry, KeyCache, LiveStack, PeerEntry, SealedKeys, TokenEntry};
 pub use fleet::{DirtyEnvoy, EnvoyObservation, FleetIndex, Replay};
 pub use fleet_store::{FleetStore, FlushReport, LoadReport, Scope, StoreError};
 pub use traits::{HeldTraits, Node as TraitNode, NodeId, NodeKind, Restored, StoreStats, TraitStore, TraitsError};

@@ -9,13 +9,16 @@ use tonic::{Request, Response, Status};
 use vigo_proto::admin::admin_server::Admin;
 use vigo_proto::admin::{
     Compliance, CreateTokenRequest, CreateTokenResponse, EnvoyCompliance, EnvoyInfo, ListEnvoysRequest,
-    ListEnvoysResponse, PublishStackRequest, PublishStackResponse, ReadHistoryRequest, ReadHistoryResponse,
-    ReportComplianceRequest, ReportComplianceResponse, RevokeEnvoyRequest, RevokeEnvoyResponse, ServerStatusRequest,
-    ServerStatusResponse, ShowEnvoyRequest, ShowEnvoyResponse,
+    ListEnvoysResponse, PromotePeerRequest, PromotePeerResponse, PublishStackRequest, PublishStackResponse,
+    ReadHistoryRequest, ReadHistoryResponse, RemovePeerRequest, RemovePeerResponse, ReportComplianceRequest,
+    ReportComplianceResponse, RevokeEnvoyRequest, RevokeEnvoyResponse, ServerStatusRequest, ServerStatusResponse,
+    ShowEnvoyRequest, ShowEnvoyResponse,
 };
 use vigo_proto::events::event::Kind;
 use vigo_proto::events::{EnvoyRevoked, StackPublished, TokenCreated};
-use vigo_proto::token::Token;
+use vigo_proto::peer::change_membership_request::Change;
+use vigo_proto::peer::{ChangeMembershipRequest, PeerStatus, PeerStatusRequest};
+use vigo_proto::token::{Token, TokenKind};
 use vigo_state::{ControlError, EnvoyEntry, EnvoyObservation};
 
 use crate::limits::{HISTORY_PAGE_MAX, STACK_ARCHIVE_BYTES_MAX};
@@ -58,9 +61,10 @@ impl Admin for AdminService {
         let uses = if req.uses == 0 { 1 } else { req.uses };
         let mut secret = [0u8; 16];
         rand::rng().fill_bytes(&mut secret);
-        let token = Token { secret, ca_pin: self.node.pki.ca_sha256() };
+        let kind = if req.join { TokenKind::Join } else { TokenKind::Enroll };
+        let token = Token { kind, secret, ca_pin: self.node.pki.ca_sha256() };
         let expires_at_ms = if req.ttl_s == 0 { 0 } else { now_ms() + i64::from(req.ttl_s) * 1000 };
-        let event = TokenCreated { token_sha256: token.secret_sha256().to_vec(), uses, expires_at_ms };
+        let event = TokenCreated { token_sha256: token.secret_sha256().to_vec(), uses, expires_at_ms, join: req.join };
         self.node.commit(&actor, |_| Ok(Kind::TokenCreated(event))).await?;
         Ok(Response::new(CreateTokenResponse { token: token.to_string() }))
     }
@@ -170,6 +174,36 @@ impl Admin for AdminService {
     ) -> Result<Response<ServerStatusResponse>, Status> {
         admin(&request)?;
         let status = self.node.log.status();
+        // Each member is asked for its own view, all at once, each for a short while.
+        let asked = status.members.iter().map(|m| self.member_view(m.node_id, m.addr.clone()));
+        let views = futures::future::join_all(asked).await;
+        let members = status
+            .members
+            .into_iter()
+            .zip(views)
+            .map(|(m, view)| {
+                let mut member = vigo_proto::admin::ClusterMember {
+                    node_id: m.node_id,
+                    addr: m.addr,
+                    voter: m.voter,
+                    has_matched_index: m.matched_index.is_some(),
+                    matched_index: m.matched_index.unwrap_or(0),
+                    ..Default::default()
+                };
+                match view {
+                    Ok(v) => {
+                        member.reachable = true;
+                        member.role = v.role;
+                        member.last_log_index = v.last_log_index;
+                        member.applied_index = v.applied_index;
+                        member.last_event_index = v.last_event_index;
+                        member.last_event_hash = v.last_event_hash;
+                    }
+                    Err(e) => member.error = e,
+                }
+                member
+            })
+            .collect();
         Ok(Response::new(ServerStatusResponse {
             node_id: status.node_id,
             role: status.role,
@@ -177,18 +211,30 @@ impl Admin for AdminService {
             leader: status.leader.unwrap_or(0),
             last_log_index: status.last_log_index,
             applied_index: status.applied_index,
-            members: status
-                .members
-                .into_iter()
-                .map(|m| vigo_proto::admin::ClusterMember {
-                    node_id: m.node_id,
-                    addr: m.addr,
-                    voter: m.voter,
-                    has_matched_index: m.matched_index.is_some(),
-                    matched_index: m.matched_index.unwrap_or(0),
-                })
-                .collect(),
+            members,
         }))
+    }
+
+    async fn remove_peer(&self, request: Request<RemovePeerRequest>) -> Result<Response<RemovePeerResponse>, Status> {
+        let actor = admin(&request)?;
+        let change = Change::Remove(request.into_inner().node_id);
+        crate::services::peer::change_membership(&self.node, ChangeMembershipRequest { change: Some(change), actor })
+            .await?;
+        Ok(Response::new(RemovePeerResponse {}))
+    }
+
+    async fn promote_peer(
+        &self,
+        request: Request<PromotePeerRequest>,
+    ) -> Result<Response<PromotePeerResponse>, Status> {
+        let actor = admin(&request)?;
+        let change = Change::Promote(request.into_inner().node_id);
+        let leader = crate::services::peer::change_membership(
+            &self.node,
+            ChangeMembershipRequest { change: Some(change), actor },
+        )
+        .await?;
+        Ok(Response::new(PromotePeerResponse { leader }))
     }
 
     async fn report_compliance(
@@ -262,6 +308,32 @@ impl Admin for AdminService {
             .read_history(from, limit as usize)
             .map_err(|e| Status::data_loss(format!("history cannot be read: {e}")))?;
         Ok(Response::new(ReadHistoryResponse { events, last_index: self.node.log.last_history_index() }))
+    }
+}
+
+impl AdminService {
+    /// What member `node_id` at `addr` says of itself; this peer answers for itself directly.
+    async fn member_view(&self, node_id: u64, addr: String) -> Result<PeerStatus, String> {
+        if node_id == self.node.log.node_id() {
+            let s = self.node.log.status();
+            return Ok(PeerStatus {
+                node_id,
+                role: s.role,
+                term: s.term,
+                leader: s.leader.unwrap_or(0),
+                last_log_index: s.last_log_index,
+                applied_index: s.applied_index,
+                last_event_index: s.last_event_index,
+                last_event_hash: s.last_event_hash.to_vec(),
+            });
+        }
+        let mut client = self.node.log.peers().client(&addr).map_err(|e| e.to_string())?;
+        let mut request = Request::new(PeerStatusRequest {});
+        request.set_timeout(vigo_log::limits::PEER_CALL_TIMEOUT);
+        match client.status(request).await {
+            Ok(reply) => Ok(reply.into_inner()),
+            Err(status) => Err(status.message().to_string()),
+        }
     }
 }
 

@@ -229,7 +229,7 @@ impl Agent for AgentService {
             cert_der,
             ca_cert_der: self.node.pki.ca_der.clone(),
             bundle_pubkey: self.node.pki.bundle_key.verifying_key().to_bytes().to_vec(),
-            servers: vec![self.node.settings.listen.clone()],
+            servers: self.node.servers(),
             check_in_interval_s: self.node.settings.check_in_interval_s,
         }))
     }

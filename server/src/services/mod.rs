@@ -1,7 +1,9 @@
-//! gRPC services: `agent` (what envoys call) and `admin` (what vigocli calls).
+//! gRPC services: `agent` (what envoys call), `admin` (what vigocli calls) and `peer` (what the
+//! peers of a cluster call each other).
 
 pub mod admin;
 pub mod agent;
+pub mod peer;
 
 use sha2::{Digest, Sha256};
 use tonic::Request;

@@ -1,0 +1,204 @@
+//! A three-peer cluster of real `vigosrv` processes on loopback: joining with a token, writes
+//! from any peer, `kill -9` of the leader and failover, catch-up of the restarted peer with the
+//! same hash chain everywhere, `promote`, `remove`, and the refusal of writes without a quorum
+//! while check-ins are still answered.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{Server, enroll, envoy_once, text, write_stack};
+
+fn stack(dir: &Path, generation: u32) {
+    write_stack(
+        dir,
+        &[
+            ("assign.yaml", &format!("- match: \"*\"\n  modules: [m]\n  vars:\n    generation: \"{generation}\"\n")),
+            (
+                "modules/m/module.yaml",
+                "resources:\n  - { type: file, path: /generation, template: gen.j2, mode: \"0644\" }\n",
+            ),
+            ("modules/m/files/gen.j2", "{{ generation }}\n"),
+        ],
+    );
+}
+
+/// Runs `attempt` until it returns `Some`, for at most `limit`; panics with `what` after.
+fn eventually<T>(what: &str, limit: Duration, mut attempt: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(found) = attempt() {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `server status -o json` on `peer`, if it answers.
+fn status(peer: &Server) -> Option<Value> {
+    let out = peer.cli(&["server", "status", "-o", "json"]);
+    out.status.success().then(|| serde_json::from_slice(&out.stdout).expect("JSON"))
+}
+
+/// Waits until `peer` sees `n` voters, every one reachable and applied as far as it.
+fn wait_for_voters(peer: &Server, n: usize) -> Value {
+    eventually(&format!("{n} voters in step, seen from {}", peer.addr), Duration::from_secs(60), || {
+        let s = status(peer)?;
+        let members = s["members"].as_array()?;
+        let applied = s["applied_index"].as_u64()?;
+        let all = members.len() == n
+            && members.iter().all(|m| m["voter"] == true && m["reachable"] == true && m["applied_index"] == applied)
+            && s["leader"].is_u64();
+        all.then_some(s)
+    })
+}
+
+/// The hashes of the whole history as `peer` serves it, verified by vigocli.
+fn chain(peer: &Server) -> Vec<String> {
+    events(peer).iter().map(|e| e["hash"].as_str().expect("hash").to_string()).collect()
+}
+
+/// The verified history as `peer` serves it.
+fn events(peer: &Server) -> Vec<Value> {
+    let log = peer.cli_json(&["audit", "log"]);
+    assert_eq!(log["chain"], "verified");
+    log["events"].as_array().expect("events").clone()
+}
+
+/// Creates a join token for `uses` peers on `peer`.
+fn join_token(peer: &Server, uses: u32) -> String {
+    peer.cli_ok(&["token", "create", "--join", "--uses", &uses.to_string()])
+}
+
+/// Starts a peer joining the cluster of `via`. The operator's admin credentials (written where
+/// the cluster was founded) work on every peer; the test keeps a copy in each data dir.
+fn join(dir: &Path, via: &Server, token: &str) -> Server {
+    let peer = Server::start_with(dir, "127.0.0.1:0", &["--join", &via.addr, "--token", token]);
+    std::fs::create_dir_all(peer.creds()).unwrap();
+    for file in ["ca.crt", "admin.crt", "admin.key"] {
+        std::fs::copy(via.creds().join(file), peer.creds().join(file)).unwrap();
+    }
+    peer
+}
+
+#[test]
+fn three_peers_fail_over_catch_up_and_refuse_writes_without_quorum() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Server::start(&tmp.path().join("a"), "127.0.0.1:0");
+    let token = join_token(&a, 2);
+    let b = join(&tmp.path().join("b"), &a, &token);
+    let c = join(&tmp.path().join("c"), &b, &token);
+    let s = wait_for_voters(&a, 3);
+    assert_eq!(s["leader"], 1, "the founder still leads: {s}");
+
+    // Writes from any peer: enrollment through a follower, a publish through another.
+    let envoy_dir = tmp.path().join("envoy");
+    let root = tmp.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let out = enroll(&b, &c.token(), &envoy_dir, "web-1");
+    assert!(out.status.success(), "{}", text(&out));
+    stack(&tmp.path().join("stack1"), 1);
+    assert_eq!(c.cli_ok(&["config", "publish", tmp.path().join("stack1").to_str().unwrap()]), "1");
+    let out = envoy_once(&envoy_dir, &root, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(std::fs::read_to_string(root.join("generation")).unwrap(), "1\n");
+    // Every peer serves the same history; the keys and the three admissions are on it.
+    let history = chain(&a);
+    assert_eq!(chain(&b), history);
+    assert_eq!(chain(&c), history);
+    let kinds: Vec<String> = events(&a).iter().map(|e| e["event"].as_str().unwrap().to_string()).collect();
+    assert_eq!(kinds.iter().filter(|k| *k == "PeerAdmitted").count(), 3, "{kinds:?}");
+    assert_eq!(kinds[0], "ClusterKeysSealed", "{kinds:?}");
+
+    // The leader dies; another is elected and takes writes; the envoy checks in to a survivor.
+    let (a_dir, a_addr) = (a.data_dir.clone(), a.addr.clone());
+    a.kill();
+    stack(&tmp.path().join("stack2"), 2);
+    let stack2 = tmp.path().join("stack2");
+    let version = eventually("a publish after the leader died", Duration::from_secs(15), || {
+        let out = b.cli(&["config", "publish", stack2.to_str().unwrap()]);
+        out.status.success().then(|| String::from_utf8(out.stdout).unwrap().trim().to_string())
+    });
+    assert_eq!(version, "2");
+    let out = envoy_once(&envoy_dir, &root, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(std::fs::read_to_string(root.join("generation")).unwrap(), "2\n");
+
+    // The old leader comes back on its address, catches up, and holds the same chain.
+    let a = Server::start(&a_dir, &a_addr);
+    wait_for_voters(&b, 3);
+    let history = chain(&b);
+    assert_eq!(history.len(), chain(&c).len());
+    eventually("the restarted peer to hold the whole history", Duration::from_secs(20), || {
+        (chain(&a) == history).then_some(())
+    });
+
+    // promote moves leadership on purpose.
+    let s = status(&b).unwrap();
+    let leader = s["leader"].as_u64().unwrap();
+    let target = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    let out = b.cli_ok(&["server", "promote", &target.to_string()]);
+    assert_eq!(out, format!("peer {target} leads"));
+    let s = wait_for_voters(&c, 3);
+    assert_eq!(s["leader"], target, "{s}");
+
+    // Two of three down: writes are refused with a clear error, check-ins are still answered.
+    let (survivor, others) = match target {
+        1 => (b, [a, c]),
+        2 => (c, [a, b]),
+        _ => (a, [b, c]),
+    };
+    for peer in others {
+        peer.kill();
+    }
+    let out = survivor.cli(&["token", "create"]);
+    assert!(!out.status.success(), "a write without quorum must fail");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no leader") || err.contains("no quorum") || err.contains("writes are refused until a quorum"),
+        "{err}"
+    );
+    let out = envoy_once(&envoy_dir, &root, &[]);
+    assert!(out.status.success(), "check-ins are answered from the survivor's projection: {}", text(&out));
+}
+
+#[test]
+fn join_refusals_are_clear_and_change_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Server::start(&tmp.path().join("a"), "127.0.0.1:0");
+    let before = chain(&a);
+    // An enrollment token does not admit a peer; the join token's kind is checked before any call.
+    let envoy_token = a.token();
+    let out = std::process::Command::new(support::bin("vigosrv"))
+        .args(["run", "--listen", "127.0.0.1:0", "--join", &a.addr, "--token", &envoy_token, "--data-dir"])
+        .arg(tmp.path().join("b"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("malformed join token (expected vgp1_"), "{err}");
+    // A used-up join token is refused by the cluster, by name.
+    let token = join_token(&a, 1);
+    let b = join(&tmp.path().join("b2"), &a, &token);
+    wait_for_voters(&a, 2);
+    let out = std::process::Command::new(support::bin("vigosrv"))
+        .args(["run", "--listen", "127.0.0.1:0", "--join", &a.addr, "--token", &token, "--data-dir"])
+        .arg(tmp.path().join("c"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refused to admit this peer: ") && err.contains("used up"), "{err}");
+    let after = chain(&a);
+    assert_eq!(after.len(), before.len() + 3, "two tokens, one admission; the refusals stored nothing");
+    // remove takes a peer out; its admission stays in the history.
+    a.cli_ok(&["server", "remove", "2"]);
+    let s = status(&a).unwrap();
+    assert_eq!(s["members"].as_array().unwrap().len(), 1, "{s}");
+    let err = a.cli(&["server", "remove", "7"]);
+    assert!(String::from_utf8_lossy(&err.stderr).contains("no peer 7 in the cluster"));
+    drop(b);
+}
