@@ -45,6 +45,11 @@ impl History {
     }
 
     /// How many handles share the database (so shutdown can wait for openraft's to go).
+    /// The database the history lives in.
+    pub(crate) fn db(&self) -> &Arc<DB> {
+        &self.db
+    }
+
     pub(crate) fn n_handles(&self) -> usize {
         Arc::strong_count(&self.db)
     }

@@ -17,8 +17,8 @@ use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
 use crate::db::{self, CF_LOGS, CF_STORE};
 use crate::types::{Entry, LogId, StorageError, TypeConfig};
 
-const KEY_VOTE: &str = "vote";
-const KEY_LAST_PURGED: &str = "last_purged";
+pub(crate) const KEY_VOTE: &str = "vote";
+pub(crate) const KEY_LAST_PURGED: &str = "last_purged";
 const KEY_COMMITTED: &str = "committed";
 
 /// The Raft log store. Cheap to clone: clones share the database and serve as log readers.

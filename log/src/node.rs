@@ -25,6 +25,7 @@ use crate::error::LogError;
 use crate::history::History;
 use crate::limits;
 use crate::network::{Network, Peers};
+use crate::recovery::PendingRecovery;
 use crate::state_machine::Projection;
 use crate::types::{Proposal, TypeConfig};
 
@@ -406,6 +407,18 @@ impl LogNode {
     pub async fn elect(&self) -> Result<(), LogError> {
         self.hold_elections(Duration::ZERO);
         Ok(self.raft.trigger().elect().await?)
+    }
+
+    /// A forced recovery made on this peer's log and not yet recorded as an event.
+    pub fn pending_recovery(&self) -> Result<Option<PendingRecovery>, LogError> {
+        crate::db::get(self.history.db(), crate::db::CF_STORE, crate::recovery::KEY_RECOVERY).map_err(LogError::Storage)
+    }
+
+    /// Forgets the pending recovery once its event is committed.
+    pub fn clear_recovery(&self) -> Result<(), LogError> {
+        let db = self.history.db();
+        db.delete_cf_opt(crate::db::cf(db, crate::db::CF_STORE), crate::recovery::KEY_RECOVERY, &crate::db::synced())?;
+        Ok(())
     }
 
     /// Up to `limit` events from `from_index` (0 reads from 1), with the hash chain verified;

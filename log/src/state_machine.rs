@@ -26,7 +26,7 @@ use crate::snapshot::{self, SnapshotBuilder, SnapshotRecord};
 use crate::types::{AppliedEvent, Entry, LogId, Proposal, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
 const KEY_LAST_APPLIED: &str = "last_applied";
-const KEY_LAST_MEMBERSHIP: &str = "last_membership";
+pub(crate) const KEY_LAST_MEMBERSHIP: &str = "last_membership";
 
 /// The latest applied state, shared between the state machine (writer) and readers.
 pub(crate) struct Projection {

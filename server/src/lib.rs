@@ -36,6 +36,8 @@ use crate::pki::{Paths, PeerIdentity, Pki};
 use crate::services::peer::PeerService;
 use std::sync::Arc;
 use vigo_log::{LogNode, PeerSetup};
+use vigo_proto::events::ClusterRecovered;
+use vigo_proto::events::event::Kind;
 use vigo_proto::peer::peer_server::PeerServer;
 
 /// How to run a server.
@@ -145,6 +147,14 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 
         held_max,
     };
     let node = Node::new(log, pki, settings);
+    if let Some(recovery) = node.log.pending_recovery()? {
+        let event = ClusterRecovered { node_id: recovery.node_id, lost: recovery.lost.clone() };
+        node.commit("server:force-recover", |_| Ok(Kind::ClusterRecovered(event)))
+            .await
+            .context("cannot record the forced recovery")?;
+        node.log.clear_recovery()?;
+        tracing::warn!(lost = ?recovery.lost, "forced recovery recorded in the history");
+    }
     let state = node.control();
     tracing::info!(
         events = state.last_index(),
@@ -214,6 +224,23 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 
     tokio::task::spawn_blocking(move || flusher.stop()).await?;
     node.log.shutdown().await.context("log shutdown")?;
     Ok(())
+}
+
+/// `vigosrv force-recover`: makes the peer whose (stopped) data dir is `data_dir` the sole
+/// voter of its cluster; see `vigo_log::recovery`. Returns what to tell the operator.
+pub fn force_recover(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    let identity = PeerIdentity::load(&Paths::new(data_dir))?;
+    let done = vigo_log::force_sole_voter(data_dir, identity.node_id)?;
+    let lost: Vec<String> = done.lost.iter().map(u64::to_string).collect();
+    Ok(format!(
+        "peer {} is now the sole voter (term {}, log index {}); peers [{}] are no longer members. Start it with \
+         `vigosrv run`; the recovery is recorded in the audit log. Never start the dropped peers on their old \
+         data: wipe them and join them again with new join tokens.",
+        done.node_id,
+        done.term,
+        done.log_index,
+        lost.join(", ")
+    ))
 }
 
 fn peer_server(service: PeerService) -> PeerServer<PeerService> {

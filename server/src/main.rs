@@ -52,6 +52,17 @@ enum Command {
         #[arg(long, requires = "join")]
         token: Option<String>,
     },
+    /// FORCED RECOVERY, for a cluster that has lost its quorum for good: make this stopped peer
+    /// the sole voter. Writes the lost peers committed without it are gone; they must never run
+    /// again on their old data. Recorded in the audit log at the next start.
+    ForceRecover {
+        /// The surviving peer's data dir (its vigosrv stopped).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Required: says you know the other peers are gone and will be wiped.
+        #[arg(long)]
+        i_understand_this_discards_the_other_peers: bool,
+    },
 }
 
 fn main() {
@@ -90,6 +101,16 @@ fn main() {
                 },
                 shutdown_signal(),
             ))
+        }
+        Command::ForceRecover { data_dir, i_understand_this_discards_the_other_peers } => {
+            if i_understand_this_discards_the_other_peers {
+                vigo_server::force_recover(&data_dir).map(|done| println!("{done}"))
+            } else {
+                Err(anyhow::anyhow!(
+                    "force-recover rebuilds the cluster from this peer alone and drops every other peer; if quorum \
+                     is lost for good, stop this peer and run again with --i-understand-this-discards-the-other-peers"
+                ))
+            }
         }
     };
     if let Err(e) = result {

@@ -146,10 +146,10 @@ fn three_peers_fail_over_catch_up_and_refuse_writes_without_quorum() {
     assert_eq!(s["leader"], target, "{s}");
 
     // Two of three down: writes are refused with a clear error, check-ins are still answered.
-    let (survivor, others) = match target {
-        1 => (b, [a, c]),
-        2 => (c, [a, b]),
-        _ => (a, [b, c]),
+    let (survivor, survivor_id, others) = match target {
+        1 => (b, 2, [a, c]),
+        2 => (c, 3, [a, b]),
+        _ => (a, 1, [b, c]),
     };
     for peer in others {
         peer.kill();
@@ -163,6 +163,38 @@ fn three_peers_fail_over_catch_up_and_refuse_writes_without_quorum() {
     );
     let out = envoy_once(&envoy_dir, &root, &[]);
     assert!(out.status.success(), "check-ins are answered from the survivor's projection: {}", text(&out));
+
+    // Quorum is lost for good: a forced recovery on the survivor, which says so loudly first.
+    let (dir, addr) = (survivor.data_dir.clone(), survivor.addr.clone());
+    survivor.stop();
+    let recover = |confirm: bool| {
+        let mut cmd = std::process::Command::new(support::bin("vigosrv"));
+        cmd.args(["force-recover", "--data-dir"]).arg(&dir);
+        if confirm {
+            cmd.arg("--i-understand-this-discards-the-other-peers");
+        }
+        cmd.output().unwrap()
+    };
+    let out = recover(false);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--i-understand-this-discards-the-other-peers"));
+    let out = recover(true);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("peer {survivor_id} is now the sole voter")),
+        "{}",
+        text(&out)
+    );
+    let survivor = Server::start(&dir, &addr);
+    let s = wait_for_voters(&survivor, 1);
+    assert_eq!(s["leader"], survivor_id, "{s}");
+    survivor.token();
+    let history = events(&survivor);
+    let recovered: Vec<&Value> = history.iter().filter(|e| e["event"] == "ClusterRecovered").collect();
+    assert_eq!(recovered.len(), 1, "the recovery is in the audit log once");
+    assert_eq!(recovered[0]["details"]["node_id"], survivor_id);
+    assert_eq!(recovered[0]["details"]["lost"].as_array().unwrap().len(), 2);
+    assert_eq!(history.last().unwrap()["event"], "TokenCreated", "writes are taken again");
 }
 
 #[test]
