@@ -322,6 +322,8 @@ fn print_server_status(s: &ServerStatusResponse, json_out: bool) {
                     member["applied_index"] = json!(m.applied_index);
                     member["last_event_index"] = json!(m.last_event_index);
                     member["last_event_hash"] = json!(hex::encode(&m.last_event_hash));
+                    member["snapshot_index"] = json!(m.snapshot_index);
+                    member["purged_index"] = json!(m.purged_index);
                 } else {
                     member["error"] = json!(m.error);
                 }

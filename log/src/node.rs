@@ -481,6 +481,8 @@ impl LogNode {
             applied_index: metrics.last_applied.map_or(0, |log_id| log_id.index),
             last_event_index: state.last_index(),
             last_event_hash: state.last_hash(),
+            snapshot_index: metrics.snapshot.map_or(0, |log_id| log_id.index),
+            purged_index: metrics.purged.map_or(0, |log_id| log_id.index),
             members,
         }
     }
@@ -610,6 +612,10 @@ pub struct ClusterStatus {
     pub last_event_index: u64,
     /// Hash of that event.
     pub last_event_hash: [u8; 32],
+    /// Log index its current snapshot covers (0: none).
+    pub snapshot_index: u64,
+    /// Log index through which its Raft log was purged (0: none).
+    pub purged_index: u64,
     /// The members, voters and learners.
     pub members: Vec<Member>,
 }

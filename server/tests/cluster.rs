@@ -234,3 +234,40 @@ fn join_refusals_are_clear_and_change_nothing() {
     assert!(String::from_utf8_lossy(&err.stderr).contains("no peer 7 in the cluster"));
     drop(b);
 }
+
+/// Creates `n` tokens on `peer` over one admin connection: `n` events on the log.
+fn many_events(peer: &Server, n: usize) {
+    use vigo_proto::admin::CreateTokenRequest;
+    use vigo_proto::admin::admin_client::AdminClient;
+    use vigo_proto::tls::{client_config, connect, read_certs, read_key};
+    let creds = peer.creds();
+    let ca = read_certs(&creds.join("ca.crt")).unwrap().remove(0);
+    let identity = (read_certs(&creds.join("admin.crt")).unwrap(), read_key(&creds.join("admin.key")).unwrap());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let config = client_config(&ca, Some(identity)).unwrap();
+        let mut client = AdminClient::new(connect(&peer.addr, config, Duration::from_secs(10)).await.unwrap());
+        for _ in 0..n {
+            client.create_token(CreateTokenRequest { uses: 1, ttl_s: 0, join: false }).await.unwrap();
+        }
+    });
+}
+
+#[test]
+fn a_peer_joining_after_10k_events_catches_up_by_snapshot_and_its_history_starts_at_1() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Server::start(&tmp.path().join("a"), "127.0.0.1:0");
+    many_events(&a, 10_000);
+    let token = join_token(&a, 1);
+    let b = join(&tmp.path().join("b"), &a, &token);
+    let s = wait_for_voters(&a, 2);
+    let members = s["members"].as_array().unwrap();
+    let (leader, joined) = (&members[0], &members[1]);
+    assert!(leader["purged_index"].as_u64().unwrap() > 1_000, "the leader compacted its log: {s}");
+    assert!(joined["snapshot_index"].as_u64().unwrap() > 1_000, "the new peer installed a snapshot: {s}");
+    let history = events(&b);
+    assert_eq!(history.len(), 10_000 + 4, "keys, founder, 10,000 tokens, join token, admission");
+    assert_eq!(history[0]["index"], 1);
+    assert_eq!(history[0]["event"], "ClusterKeysSealed");
+    assert_eq!(chain(&b), chain(&a), "the same hash chain from index 1 on both peers");
+}

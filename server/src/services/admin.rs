@@ -198,6 +198,8 @@ impl Admin for AdminService {
                         member.applied_index = v.applied_index;
                         member.last_event_index = v.last_event_index;
                         member.last_event_hash = v.last_event_hash;
+                        member.snapshot_index = v.snapshot_index;
+                        member.purged_index = v.purged_index;
                     }
                     Err(e) => member.error = e,
                 }
@@ -325,6 +327,8 @@ impl AdminService {
                 applied_index: s.applied_index,
                 last_event_index: s.last_event_index,
                 last_event_hash: s.last_event_hash.to_vec(),
+                snapshot_index: s.snapshot_index,
+                purged_index: s.purged_index,
             });
         }
         let mut client = self.node.log.peers().client(&addr).map_err(|e| e.to_string())?;

@@ -120,6 +120,8 @@ impl Peer for PeerService {
             applied_index: s.applied_index,
             last_event_index: s.last_event_index,
             last_event_hash: s.last_event_hash.to_vec(),
+            snapshot_index: s.snapshot_index,
+            purged_index: s.purged_index,
         }))
     }
 
