@@ -40,6 +40,7 @@ pub async fn enroll(server: &str, token_text: &str, data_dir: &Path, hostname: &
             envoy_id: &response.envoy_id,
             hostname,
             servers: &response.servers,
+            peers_index: response.peers_index,
             bundle_pubkey: &response.bundle_pubkey,
             check_in_interval_s: response.check_in_interval_s,
             seed: &seed,

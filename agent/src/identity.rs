@@ -20,6 +20,8 @@ pub struct Identity {
     pub hostname: String,
     /// Every peer's address.
     pub servers: Vec<String>,
+    /// Event index of that list of peers.
+    pub peers_index: u64,
     /// Key that signs bundles (raw Ed25519).
     pub bundle_pubkey: [u8; 32],
     /// Seconds between check-ins.
@@ -47,6 +49,8 @@ pub struct Enrollment<'a> {
     pub hostname: &'a str,
     /// Peer addresses.
     pub servers: &'a [String],
+    /// Event index of that list.
+    pub peers_index: u64,
     /// Bundle signing key.
     pub bundle_pubkey: &'a [u8],
     /// Check-in interval.
@@ -78,14 +82,30 @@ pub fn save(data_dir: &Path, e: &Enrollment<'_>) -> anyhow::Result<()> {
         "envoy_id": e.envoy_id,
         "hostname": e.hostname,
         "servers": e.servers,
+        "peers_index": e.peers_index,
         "bundle_pubkey": hex::encode(e.bundle_pubkey),
         "check_in_interval_s": e.check_in_interval_s,
     });
     // Written last: its presence means the enrollment is complete.
+    write_meta(&dir, &meta)
+}
+
+/// Replaces `enrollment.json` atomically.
+fn write_meta(dir: &Path, meta: &serde_json::Value) -> anyhow::Result<()> {
     let tmp = dir.join("enrollment.json.tmp");
-    fs::write(&tmp, serde_json::to_vec_pretty(&meta)?)?;
+    fs::write(&tmp, serde_json::to_vec_pretty(meta)?)?;
     fs::rename(&tmp, dir.join("enrollment.json"))?;
     Ok(())
+}
+
+/// Records the cluster's current peers (as of event `peers_index`), keeping everything else.
+pub fn update_servers(data_dir: &Path, servers: &[String], peers_index: u64) -> anyhow::Result<()> {
+    let dir = dir(data_dir);
+    let mut meta: serde_json::Value = serde_json::from_slice(&fs::read(dir.join("enrollment.json"))?)
+        .context("identity/enrollment.json is not valid JSON")?;
+    meta["servers"] = json!(servers);
+    meta["peers_index"] = json!(peers_index);
+    write_meta(&dir, &meta)
 }
 
 /// Loads the enrollment of `data_dir`.
@@ -115,6 +135,7 @@ pub fn load(data_dir: &Path) -> anyhow::Result<Identity> {
         envoy_id: text("envoy_id")?,
         hostname: text("hostname")?,
         servers,
+        peers_index: meta["peers_index"].as_u64().unwrap_or(0),
         bundle_pubkey,
         check_in_interval_s: meta["check_in_interval_s"].as_u64().unwrap_or(60) as u32,
         key: SigningKey::from_bytes(&seed),

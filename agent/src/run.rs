@@ -88,9 +88,13 @@ impl Envoy {
         if let Some(channel) = &self.channel {
             return Some(AgentClient::new(channel.clone()));
         }
-        for server in &self.identity.servers {
+        for i in 0..self.identity.servers.len() {
+            let server = &self.identity.servers[i];
             match vigo_proto::tls::connect(server, self.identity.tls.clone(), CALL_TIMEOUT).await {
                 Ok(channel) => {
+                    // The peer that answered is tried first from now on.
+                    let server = self.identity.servers.remove(i);
+                    self.identity.servers.insert(0, server);
                     self.channel = Some(channel.clone());
                     return Some(AgentClient::new(channel));
                 }
@@ -113,6 +117,7 @@ impl Envoy {
             bundle_fingerprint: fingerprint.to_vec(),
             signature: Vec::new(),
             traits_json: traits.unwrap_or_default().to_string(),
+            peers_index: self.identity.peers_index,
         };
         req.signature = self.identity.key.sign(&vigo_proto::signing::check_in_bytes(&req)).to_bytes().to_vec();
         Ok(req)
@@ -148,6 +153,9 @@ impl Envoy {
             };
             match answered {
                 Ok(response) => {
+                    if !response.servers.is_empty() {
+                        self.learn_peers(&response.servers, response.peers_index);
+                    }
                     if response.send_traits && !send_traits {
                         send_traits = true;
                         continue;
@@ -164,6 +172,23 @@ impl Envoy {
             }
         }
         anyhow::bail!("server keeps asking for traits it was sent")
+    }
+
+    /// Keeps the cluster's current peers (the server sends them when they changed), so the
+    /// envoy moves to another peer by itself when its own goes away. The peer it talks to now
+    /// stays first.
+    fn learn_peers(&mut self, servers: &[String], peers_index: u64) {
+        let current = self.identity.servers.first().filter(|s| servers.contains(s)).cloned();
+        let ordered: Vec<String> =
+            current.iter().cloned().chain(servers.iter().filter(|s| Some(*s) != current.as_ref()).cloned()).collect();
+        match crate::identity::update_servers(&self.options.data_dir, &ordered, peers_index) {
+            Ok(()) => {
+                tracing::info!(servers = ?ordered, "the cluster's peers changed");
+                self.identity.servers = ordered;
+                self.identity.peers_index = peers_index;
+            }
+            Err(e) => tracing::warn!("cannot record the cluster's peers: {e:#}"),
+        }
     }
 
     /// One check-in on the held session, opening it when there is none; a failed one closes it.

@@ -68,6 +68,8 @@ pub struct FakeEnvoy {
     tls: Arc<rustls::ClientConfig>,
     counter: u64,
     fingerprint: Vec<u8>,
+    /// Event index of the list of peers it holds, so the server sends the list only when it changed.
+    peers_index: u64,
     /// Hash of its inventory, computed on the first check-in (generating ~150 KB costs client CPU).
     traits_hash: Option<[u8; 32]>,
     /// Stack version of the bundle it holds (0: none yet).
@@ -115,6 +117,7 @@ impl FakeEnvoy {
             tls,
             counter: 0,
             fingerprint: Vec::new(),
+            peers_index: response.peers_index,
             traits_hash: None,
             stack_version: 0,
             source,
@@ -145,6 +148,7 @@ impl FakeEnvoy {
             bundle_fingerprint: self.fingerprint.clone(),
             signature: Vec::new(),
             traits_json,
+            peers_index: self.peers_index,
         };
         req.signature = self.key.sign(&vigo_proto::signing::check_in_bytes(&req)).to_bytes().to_vec();
         req
@@ -254,6 +258,9 @@ impl FakeEnvoy {
             } else {
                 self.exchange(server, req, transport).await?
             };
+            if !response.servers.is_empty() {
+                self.peers_index = response.peers_index;
+            }
             if response.send_traits {
                 if sent_traits {
                     bail!("server asked again for traits it was just sent");

@@ -129,9 +129,12 @@ pub fn check_in(
         let waiting = ctx.control.n_envoys().saturating_sub(ctx.fleet.n_with_traits());
         Ok(match ctx.uploads.try_take(now_ms, &req.envoy_id, waiting, ctx.check_in_interval_s) {
             // Unknown traits: ask for them, and check in again at once.
-            Ok(()) => {
-                CheckInResponse { reply: Some(Reply::NoChange(NoChange {})), send_traits: true, next_check_in_s: 0 }
-            }
+            Ok(()) => CheckInResponse {
+                reply: Some(Reply::NoChange(NoChange {})),
+                send_traits: true,
+                next_check_in_s: 0,
+                ..Default::default()
+            },
             // More uploads than the server takes in a second: come back later (admission.rs).
             Err(retry_after_s) => backoff(retry_after_s),
         })
@@ -141,6 +144,12 @@ pub fn check_in(
     }
     let next_check_in_s = next_check_in_s(&req.envoy_id, ctx.check_in_interval_s, now_ms);
     let mut response = CheckInResponse { next_check_in_s, ..Default::default() };
+    // An envoy holding an older list of peers is sent the current one (rarely: peers change
+    // seldom), so it can move to another peer by itself.
+    if req.peers_index != ctx.control.peers_index() {
+        response.servers = ctx.control.peer_addrs();
+        response.peers_index = ctx.control.peers_index();
+    }
     let Some(live) = ctx.control.stack() else {
         response.reply = Some(Reply::NoChange(NoChange {}));
         return Ok(response);
@@ -163,6 +172,7 @@ fn backoff(retry_after_s: u32) -> CheckInResponse {
         reply: Some(Reply::Backoff(Backoff { retry_after_s })),
         send_traits: false,
         next_check_in_s: retry_after_s,
+        ..Default::default()
     }
 }
 

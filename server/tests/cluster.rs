@@ -271,3 +271,40 @@ fn a_peer_joining_after_10k_events_catches_up_by_snapshot_and_its_history_starts
     assert_eq!(history[0]["event"], "ClusterKeysSealed");
     assert_eq!(chain(&b), chain(&a), "the same hash chain from index 1 on both peers");
 }
+
+#[test]
+fn an_envoy_enrolled_before_the_peers_joined_learns_them_and_moves_when_its_peer_dies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Server::start(&tmp.path().join("a"), "127.0.0.1:0");
+    let (envoy_dir, root) = (tmp.path().join("envoy"), tmp.path().join("root"));
+    std::fs::create_dir_all(&root).unwrap();
+    let out = enroll(&a, &a.token(), &envoy_dir, "web-1");
+    assert!(out.status.success(), "{}", text(&out));
+    let servers = |dir: &Path| -> Vec<String> {
+        let meta: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("identity/enrollment.json")).unwrap()).unwrap();
+        meta["servers"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(servers(&envoy_dir), vec![a.addr.clone()]);
+
+    let token = join_token(&a, 2);
+    let b = join(&tmp.path().join("b"), &a, &token);
+    let c = join(&tmp.path().join("c"), &a, &token);
+    wait_for_voters(&a, 3);
+    stack(&tmp.path().join("stack1"), 1);
+    a.cli_ok(&["config", "publish", tmp.path().join("stack1").to_str().unwrap()]);
+    let out = envoy_once(&envoy_dir, &root, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(servers(&envoy_dir), [a.addr.clone(), b.addr.clone(), c.addr.clone()], "learned with a check-in");
+
+    a.kill();
+    stack(&tmp.path().join("stack2"), 2);
+    let stack2 = tmp.path().join("stack2");
+    eventually("a publish after the leader died", Duration::from_secs(15), || {
+        b.cli(&["config", "publish", stack2.to_str().unwrap()]).status.success().then_some(())
+    });
+    let out = envoy_once(&envoy_dir, &root, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(std::fs::read_to_string(root.join("generation")).unwrap(), "2\n", "converged through another peer");
+    drop(c);
+}

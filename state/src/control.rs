@@ -197,6 +197,8 @@ pub struct ControlState {
     stack: Option<Arc<LiveStack>>,
     keys: Option<Arc<SealedKeys>>,
     peers: OrdMap<u64, PeerEntry>,
+    /// Event index of the last change to the peers.
+    peers_index: u64,
 }
 
 impl ControlState {
@@ -258,6 +260,17 @@ impl ControlState {
     /// The peer with this node id.
     pub fn peer(&self, node_id: u64) -> Option<&PeerEntry> {
         self.peers.get(&node_id)
+    }
+
+    /// Event index of the last change to the peers (0: none): envoys holding an older list are
+    /// sent the current one.
+    pub fn peers_index(&self) -> u64 {
+        self.peers_index
+    }
+
+    /// The addresses of the current peers, by node id.
+    pub fn peer_addrs(&self) -> Vec<String> {
+        self.peers.values().filter(|p| p.removed_index.is_none()).map(|p| p.addr.clone()).collect()
     }
 
     /// Whether peer `node_id` was admitted and not removed since.
@@ -446,11 +459,13 @@ impl ControlState {
                     removed_index: None,
                 };
                 self.peers.insert(p.node_id, entry);
+                self.peers_index = index;
             }
             Kind::PeerRemoved(r) => {
                 if let Some(peer) = self.peers.get_mut(&r.node_id) {
                     peer.removed_index = Some(index);
                 }
+                self.peers_index = index;
             }
             Kind::ClusterRecovered(r) => {
                 for lost in &r.lost {
@@ -458,6 +473,7 @@ impl ControlState {
                         peer.removed_index = Some(index);
                     }
                 }
+                self.peers_index = index;
             }
         }
         self.last_index = index;

@@ -230,6 +230,7 @@ impl Agent for AgentService {
             ca_cert_der: self.node.pki.ca_der.clone(),
             bundle_pubkey: self.node.pki.bundle_key.verifying_key().to_bytes().to_vec(),
             servers: self.node.servers(),
+            peers_index: self.node.control().peers_index(),
             check_in_interval_s: self.node.settings.check_in_interval_s,
         }))
     }
