@@ -42,7 +42,7 @@ pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const PEER_MESSAGE_BYTES_MAX: usize = 256 * 1024 * 1024;
 
 /// Log entries per AppendEntries: few, because one entry can hold a whole stack archive.
-pub const MAX_PAYLOAD_ENTRIES: u64 = 8;
+pub const MAX_PAYLOAD_ENTRIES: u64 = 64;
 
 /// How long a proposal may take to commit before the proposer is told the cluster may have
 /// lost its quorum. Commits take milliseconds; this only ends a wait that would not end.

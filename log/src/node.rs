@@ -51,9 +51,11 @@ pub struct LogNode {
     history: History,
     node_id: u64,
     peers: Peers,
-    /// Serializes validate-then-commit on this peer, for its own proposals and those other
-    /// peers forward to it, so a validation is never invalidated before its entry is appended.
-    propose_lock: tokio::sync::Mutex<()>,
+    /// Proposals hold it shared, so they are appended and replicated together (openraft batches
+    /// them: one fsync and one round trip for many); a leadership transfer holds it alone, so
+    /// no write is in flight while leadership moves. Proposals need no order among themselves:
+    /// each is validated again against the state it follows when applied.
+    propose_lock: tokio::sync::RwLock<()>,
     /// Ends the current hold on elections (see [`LogNode::hold_elections`]).
     hold: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -153,10 +155,9 @@ impl LogNode {
         self.propose_here(proposal).await
     }
 
-    /// Validates and commits `proposal` on this peer, serialized with every other proposal it
-    /// commits.
+    /// Validates and commits `proposal` on this peer.
     async fn propose_here(&self, proposal: EventProposal) -> Result<EventEnvelope, LogError> {
-        let _serial = self.propose_lock.lock().await;
+        let _shared = self.propose_lock.read().await;
         let event = proposal.event.as_ref().ok_or(ControlError::Empty)?;
         self.state().validate(event, proposal.proposed_at_ms)?;
         self.check_quorum()?;
@@ -328,7 +329,7 @@ impl LogNode {
         if target == self.node_id {
             return Ok(target);
         }
-        let _serial = self.propose_lock.lock().await;
+        let _alone = self.propose_lock.write().await;
         let metrics = self.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership().clone();
         if !membership.voter_ids().any(|id| id == target) {

@@ -208,3 +208,42 @@ async fn i4_a_resealed_event_breaks_the_next_link() {
     reseal(&mut forged[1]);
     assert_eq!(replay(forged).err(), Some(ChainError::BrokenLink { index: 3 }));
 }
+
+/// Proposals run side by side (the log batches them); two that conflict cannot both land: the
+/// one applied second is refused, whichever check catches it.
+#[tokio::test]
+async fn concurrent_proposals_all_land_and_conflicting_ones_land_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = std::sync::Arc::new(open(dir.path()).await);
+    let tokens = (0..64u8).map(|n| {
+        let node = node.clone();
+        tokio::spawn(async move { node.propose(token(n)).await.map(|e| e.index) })
+    });
+    let mut indexes: Vec<u64> = futures_join(tokens).await.into_iter().map(Result::unwrap).collect();
+    indexes.sort_unstable();
+    assert_eq!(indexes, (1..=64).collect::<Vec<_>>(), "every token is one event, densely indexed");
+
+    let publishes = (0..8).map(|_| {
+        let node = node.clone();
+        tokio::spawn(async move { node.propose(stack(1)).await })
+    });
+    let results = futures_join(publishes).await;
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "version 1 is published once");
+    for refused in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert!(
+            matches!(refused, LogError::Stale(_) | LogError::Refused(ControlError::StackVersion { .. })),
+            "{refused}"
+        );
+    }
+    assert_eq!(node.last_history_index(), 65);
+    assert_eq!(replay(node.read_history(1, 1000).unwrap()).unwrap().last_index(), 65);
+    std::sync::Arc::into_inner(node).expect("no other handle").shutdown().await.unwrap();
+}
+
+async fn futures_join<T>(handles: impl Iterator<Item = tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut out = Vec::new();
+    for handle in handles {
+        out.push(handle.await.unwrap());
+    }
+    out
+}

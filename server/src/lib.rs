@@ -122,7 +122,7 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 
             Server::builder()
                 .tls_config(tls.clone())?
                 .add_service(peer_server(PeerService::new(log.clone(), None)))
-                .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(stage), async {
+                .serve_with_incoming_shutdown(accepted(stage), async {
                     let _ = stopped.await;
                 }),
         );
@@ -149,7 +149,7 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 
     let node = Node::new(log, pki, settings);
     if let Some(recovery) = node.log.pending_recovery()? {
         let event = ClusterRecovered { node_id: recovery.node_id, lost: recovery.lost.clone() };
-        node.commit("server:force-recover", |_| Ok(Kind::ClusterRecovered(event)))
+        node.commit_event("server:force-recover", Kind::ClusterRecovered(event))
             .await
             .context("cannot record the forced recovery")?;
         node.log.clear_recovery()?;
@@ -203,7 +203,7 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 
         stopping.stopping.send_replace(true);
     };
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = accepted(listener);
     Server::builder()
         .tls_config(tls)?
         .add_service(
@@ -241,6 +241,22 @@ pub fn force_recover(data_dir: &std::path::Path) -> anyhow::Result<String> {
         done.log_index,
         lost.join(", ")
     ))
+}
+
+/// The connections `listener` accepts, with Nagle's algorithm off: answers are small and
+/// latency-bound, and with it on, an answer written in two parts waits for the client's delayed
+/// ACK (~40 ms) before its second part leaves.
+fn accepted(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
+        accepted.inspect(|stream| {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!("cannot turn Nagle off on an accepted connection: {e}");
+            }
+        })
+    })
 }
 
 fn peer_server(service: PeerService) -> PeerServer<PeerService> {

@@ -1,10 +1,12 @@
 //! The running server's shared parts and the control write path.
 //!
-//! Control writes (tokens, enrollments, revocations, publishes) are validated against the
-//! current state and proposed one at a time under `write_lock`, so a validation can never be
-//! invalidated by a concurrent write before its event commits: a committed event always
-//! applies (I-1). The lock is held across the commit on purpose — this is the admin path,
-//! never the check-in path.
+//! Control writes are validated against the current state and proposed; the log validates each
+//! again against the state it follows when it applies, and drops (and reports) one that no
+//! longer holds, on every peer alike (I-1). Writes that stand alone (tokens, enrollments,
+//! revocations) are proposed concurrently, so the log batches them ([`Node::commit_event`]).
+//! Writes derived from the state (a publish takes the next stack version, an admission the
+//! next node id) are made and committed one at a time under `write_lock` ([`Node::commit`]),
+//! so two of them never derive the same value. This is the admin path, never the check-in path.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -159,6 +161,12 @@ impl Node {
         answered
     }
 
+    /// Validates `kind` and commits it, concurrently with other writes; answers after the
+    /// commit.
+    pub async fn commit_event(&self, actor: &str, kind: Kind) -> Result<EventEnvelope, WriteError> {
+        self.propose(actor, |_| Ok(kind)).await
+    }
+
     /// Validates `make(state)`'s event and commits it; answers after the commit.
     ///
     /// `make` sees the state under the write lock, so it can derive the event from it
@@ -170,6 +178,14 @@ impl Node {
         make: impl FnOnce(&ControlState) -> Result<Kind, ControlError>,
     ) -> Result<EventEnvelope, WriteError> {
         let _guard = self.write_lock.lock().await;
+        self.propose(actor, make).await
+    }
+
+    async fn propose(
+        &self,
+        actor: &str,
+        make: impl FnOnce(&ControlState) -> Result<Kind, ControlError>,
+    ) -> Result<EventEnvelope, WriteError> {
         let proposal = match prepare(&self.control(), actor, make) {
             Ok(proposal) => proposal,
             Err(refusal) => {

@@ -65,7 +65,7 @@ impl Admin for AdminService {
         let token = Token { kind, secret, ca_pin: self.node.pki.ca_sha256() };
         let expires_at_ms = if req.ttl_s == 0 { 0 } else { now_ms() + i64::from(req.ttl_s) * 1000 };
         let event = TokenCreated { token_sha256: token.secret_sha256().to_vec(), uses, expires_at_ms, join: req.join };
-        self.node.commit(&actor, |_| Ok(Kind::TokenCreated(event))).await?;
+        self.node.commit_event(&actor, Kind::TokenCreated(event)).await?;
         Ok(Response::new(CreateTokenResponse { token: token.to_string() }))
     }
 

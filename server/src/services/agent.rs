@@ -222,7 +222,7 @@ impl Agent for AgentService {
             token_sha256: token.secret_sha256().to_vec(),
             cert_sha256: Sha256::digest(&cert_der).to_vec(),
         };
-        self.node.commit(&format!("envoy:{envoy_id}"), |_| Ok(Kind::EnvoyEnrolled(event))).await?;
+        self.node.commit_event(&format!("envoy:{envoy_id}"), Kind::EnvoyEnrolled(event)).await?;
         tracing::info!(envoy_id, hostname = req.hostname, "envoy enrolled");
         Ok(Response::new(EnrollResponse {
             envoy_id,

@@ -80,7 +80,7 @@ pub async fn change_membership(node: &Node, request: ChangeMembershipRequest) ->
             }
             log.remove_member(node_id).await.map_err(log_status)?;
             if admitted {
-                node.commit(&request.actor, |_| Ok(Kind::PeerRemoved(PeerRemoved { node_id }))).await?;
+                node.commit_event(&request.actor, Kind::PeerRemoved(PeerRemoved { node_id })).await?;
             }
             Ok(log.node_id())
         }
