@@ -273,3 +273,18 @@ impl Drop for AbortOnDrop {
         self.0.abort();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio_stream::StreamExt;
+
+    #[tokio::test]
+    async fn accepted_connections_have_nagle_off() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut incoming = Box::pin(super::accepted(listener));
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let stream = incoming.next().await.unwrap().unwrap();
+        assert!(stream.nodelay().unwrap(), "answers must not wait for the client's delayed ACK");
+    }
+}
