@@ -133,5 +133,6 @@ jq -rs '
   row("writes/s, \(.[0].throughput.clients) clients"; "\(.throughput.writes_per_s)"),
   row("latency under load p50 / p99 (ms)"; "\(.throughput.p50_ms) / \(.throughput.p99_ms)"),
   row("peers CPU per write (µs), all three"; "\(.cpu_us_per_write)"),
+  row("client CPU per write under load (µs)"; "\(.throughput.client_cpu_us_per_write)"),
   row("failover: leader killed → next write acknowledged (ms)"; "\(.failover.ms)")
 ' "$HA_DIR/vigo.json" "$HA_DIR/etcd.json"

@@ -7,7 +7,7 @@ use openraft::{BasicNode, StorageError};
 use vigo_state::ControlError;
 
 /// Why a log operation failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum LogError {
     /// This node is not the leader; writes go to `leader_hint` (its address) when known.
     #[error("not the leader{}", leader_suffix(.leader_hint))]

@@ -40,4 +40,4 @@ pub use network::{PeerError, Peers};
 pub use node::{ClusterStatus, LogNode, Member, PeerSetup};
 pub use recovery::{PendingRecovery, Recovered, force_sole_voter};
 pub use state_machine::StateMachineStore;
-pub use types::{AppliedEvent, Proposal, TypeConfig};
+pub use types::{Applied, AppliedEvent, Proposal, TypeConfig};

@@ -65,3 +65,15 @@ pub const CATCH_UP_WAIT: Duration = Duration::from_secs(600);
 
 /// How long a question to another peer (status, forwarding) may take.
 pub const PEER_CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Proposals in one Raft entry, at most. openraft handles each entry on its own (its core loop,
+/// the log append, the apply), so batching is what lets writes per second grow with the number
+/// of writers.
+pub const BATCH_PROPOSALS_MAX: usize = 256;
+
+/// Bytes of proposals in one Raft entry, at most (a stack publish of up to 16 MiB goes alone).
+pub const BATCH_BYTES_MAX: usize = 1024 * 1024;
+
+/// Batches committing at once on one peer. More than one, so a batch does not wait for the
+/// round trip of the one before; few, so proposals gather into batches while they commit.
+pub const BATCHES_IN_FLIGHT: usize = 2;

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::metrics::WaitError;
 use openraft::{BasicNode, ChangeMembers, Config, Raft, ServerState, SnapshotPolicy};
-use tokio::sync::watch;
+use prost::Message as _;
+use tokio::sync::{mpsc, oneshot, watch};
 use vigo_proto::events::{EventEnvelope, EventProposal};
 use vigo_proto::peer::{ProposeRequest, RaftRpc};
 use vigo_state::{ControlError, ControlState, envelope_hash};
@@ -27,7 +28,7 @@ use crate::limits;
 use crate::network::{Network, Peers};
 use crate::recovery::PendingRecovery;
 use crate::state_machine::Projection;
-use crate::types::{Proposal, TypeConfig};
+use crate::types::{AppliedEvent, Proposal, TypeConfig};
 
 /// How a peer opens its log.
 #[derive(Clone)]
@@ -56,6 +57,8 @@ pub struct LogNode {
     /// no write is in flight while leadership moves. Proposals need no order among themselves:
     /// each is validated again against the state it follows when applied.
     propose_lock: tokio::sync::RwLock<()>,
+    /// Proposals on their way into a batch (see [`batch_proposals`]).
+    batches: mpsc::UnboundedSender<Waiting>,
     /// Ends the current hold on elections (see [`LogNode::hold_elections`]).
     hold: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -81,7 +84,9 @@ impl LogNode {
         let peers = Peers::new(setup.tls.clone());
         let network = Network::new(peers.clone());
         let raft = Raft::new(setup.node_id, Arc::new(raft_config()?), network, log_store, state_machine).await?;
+        let batches = batch_proposals(raft.clone());
         let node = LogNode {
+            batches,
             raft,
             projection,
             history,
@@ -161,27 +166,17 @@ impl LogNode {
         let event = proposal.event.as_ref().ok_or(ControlError::Empty)?;
         self.state().validate(event, proposal.proposed_at_ms)?;
         self.check_quorum()?;
-        let written = tokio::time::timeout(limits::PROPOSE_WAIT, self.raft.client_write(Proposal::new(&proposal)))
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        self.batches.send((proposal, answer)).map_err(|_| LogError::Shutdown)?;
+        let env = tokio::time::timeout(limits::PROPOSE_WAIT, answered)
             .await
             .map_err(|_| {
                 LogError::NoQuorum(format!(
                     "not committed within {:?}; a quorum of voters may be unreachable (the write may still commit)",
                     limits::PROPOSE_WAIT
                 ))
-            })?;
-        let response = written?;
-        let env = match response.data.envelope {
-            Some(env) => env,
-            None => {
-                return Err(match response.data.refused {
-                    Some(why) => LogError::Stale(why),
-                    None => LogError::Fatal(format!(
-                        "log entry {} was applied without producing an event",
-                        response.log_id.index
-                    )),
-                });
-            }
-        };
+            })?
+            .map_err(|_| LogError::Shutdown)??;
         // I-4 on a second path: what we acknowledge is what its hash says.
         if env.hash.as_slice() != envelope_hash(&env).as_slice() {
             return Err(LogError::Chain { index: env.index, reason: "sealed envelope does not match its hash".into() });
@@ -551,6 +546,59 @@ impl LogNode {
             .map_err(wait_error)?;
         Ok(())
     }
+}
+
+/// A proposal waiting to be committed, and where its outcome goes.
+type Waiting = (EventProposal, oneshot::Sender<Result<EventEnvelope, LogError>>);
+
+/// Starts the task that gathers proposals into batches, one Raft entry each, and hands each
+/// proposer its outcome. Up to [`limits::BATCHES_IN_FLIGHT`] batches commit at once; while they
+/// do, the next proposals gather, so a busy peer commits many per entry and an idle one
+/// commits each alone at once.
+fn batch_proposals(raft: Raft<TypeConfig>) -> mpsc::UnboundedSender<Waiting> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Waiting>();
+    tokio::spawn(async move {
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(limits::BATCHES_IN_FLIGHT));
+        while let Some(first) = rx.recv().await {
+            let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+            let mut bytes = first.0.encoded_len();
+            let mut batch = vec![first];
+            while batch.len() < limits::BATCH_PROPOSALS_MAX && bytes < limits::BATCH_BYTES_MAX {
+                let Ok(next) = rx.try_recv() else { break };
+                bytes += next.0.encoded_len();
+                batch.push(next);
+            }
+            let raft = raft.clone();
+            tokio::spawn(async move {
+                let (proposals, answers): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                let written = raft.client_write(Proposal::batch(&proposals)).await;
+                drop(permit);
+                match written {
+                    Ok(response) => {
+                        let log_index = response.log_id.index;
+                        let mut outcomes = response.data.events.into_iter();
+                        for answer in answers {
+                            let outcome = match outcomes.next() {
+                                Some(AppliedEvent { envelope: Some(env), .. }) => Ok(env),
+                                Some(AppliedEvent { refused: Some(why), .. }) => Err(LogError::Stale(why)),
+                                _ => Err(LogError::Fatal(format!(
+                                    "log entry {log_index} was applied without an outcome for each of its proposals"
+                                ))),
+                            };
+                            let _ = answer.send(outcome);
+                        }
+                    }
+                    Err(e) => {
+                        let e = LogError::from(e);
+                        for answer in answers {
+                            let _ = answer.send(Err(e.clone()));
+                        }
+                    }
+                }
+            });
+        }
+    });
+    tx
 }
 
 /// A forwarded call's failure, as this peer reports it.

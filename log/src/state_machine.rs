@@ -23,7 +23,10 @@ use crate::db::{self, CF_SM};
 use crate::error::LogError;
 use crate::history::{self, History};
 use crate::snapshot::{self, SnapshotBuilder, SnapshotRecord};
-use crate::types::{AppliedEvent, Entry, LogId, Proposal, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::types::{
+    Applied, AppliedEvent, Entry, LogId, Proposal, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
+use vigo_proto::events::EventProposal;
 
 const KEY_LAST_APPLIED: &str = "last_applied";
 pub(crate) const KEY_LAST_MEMBERSHIP: &str = "last_membership";
@@ -114,23 +117,29 @@ impl StateMachineStore {
     }
 }
 
-/// Seals a committed proposal as the event after `state` and applies it.
+/// Seals each proposal of a committed entry as the next event after `state` and applies it.
 ///
-/// The empty proposal is openraft's default payload and records nothing (see [`Proposal`]).
+/// The empty payload is openraft's default and records nothing (see [`Proposal`]).
+fn seal_and_apply_all(state: &mut ControlState, proposals: &Proposal, log_index: u64) -> Applied {
+    if proposals.is_empty() {
+        return Applied::default();
+    }
+    // `LogNode::propose` encodes every entry itself, so bytes that do not decode were damaged
+    // after commit; every peer holds the same bytes, so stopping is the only safe move.
+    let proposals = proposals
+        .decode()
+        .unwrap_or_else(|e| panic!("I-1: committed log entry {log_index} is not a ProposalBatch: {e}"));
+    Applied { events: proposals.into_iter().map(|p| seal_and_apply(state, p, log_index)).collect() }
+}
+
+/// Seals one committed proposal as the event after `state` and applies it.
+///
 /// A proposal is validated when proposed, against the proposer's state; after a leader change
 /// a new leader may append behind an entry of its predecessor that this validation never saw.
 /// So it is validated again here, against the state it actually follows: one that no longer
 /// holds is dropped — on every peer alike, since they all apply the same entries to the same
 /// state — and its proposer is told why (I-1).
-fn seal_and_apply(state: &mut ControlState, proposal: &Proposal, log_index: u64) -> AppliedEvent {
-    if proposal.is_empty() {
-        return AppliedEvent::default();
-    }
-    // `LogNode::propose` encodes every proposal itself, so bytes that do not decode were
-    // damaged after commit; every peer holds the same bytes, so stopping is the only safe move.
-    let proposal = proposal
-        .decode()
-        .unwrap_or_else(|e| panic!("I-1: committed log entry {log_index} is not an EventProposal: {e}"));
+fn seal_and_apply(state: &mut ControlState, proposal: EventProposal, log_index: u64) -> AppliedEvent {
     let valid = match &proposal.event {
         Some(event) => state.validate(event, proposal.proposed_at_ms),
         None => Err(vigo_state::ControlError::Empty),
@@ -151,7 +160,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok((self.last_applied, self.last_membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<AppliedEvent>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -166,14 +175,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         for entry in entries {
             last_applied = Some(entry.log_id);
             let applied = match entry.payload {
-                EntryPayload::Blank => AppliedEvent::default(),
-                EntryPayload::Normal(proposal) => seal_and_apply(&mut state, &proposal, entry.log_id.index),
+                EntryPayload::Blank => Applied::default(),
+                EntryPayload::Normal(proposals) => seal_and_apply_all(&mut state, &proposals, entry.log_id.index),
                 EntryPayload::Membership(m) => {
                     membership = StoredMembership::new(Some(entry.log_id), m);
-                    AppliedEvent::default()
+                    Applied::default()
                 }
             };
-            if let Some(env) = &applied.envelope {
+            for env in applied.events.iter().filter_map(|e| e.envelope.as_ref()) {
                 history::put(&self.db, &mut batch, env.index, &env.encode_to_vec());
             }
             replies.push(applied);

@@ -8,13 +8,13 @@ use std::io::Cursor;
 
 use prost::Message;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use vigo_proto::events::{EventEnvelope, EventProposal};
+use vigo_proto::events::{EventEnvelope, EventProposal, ProposalBatch};
 
 openraft::declare_raft_types!(
     /// Vigo's Raft types: node ids are `u64`, nodes are known by their address.
     pub TypeConfig:
         D = Proposal,
-        R = AppliedEvent,
+        R = Applied,
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
@@ -33,11 +33,14 @@ pub type SnapshotMeta = openraft::SnapshotMeta<u64, openraft::BasicNode>;
 /// openraft's storage error for this config.
 pub type StorageError = openraft::StorageError<u64>;
 
-/// The application payload of a Raft entry: a prost-encoded `EventProposal`.
+/// The application payload of a Raft entry: a prost-encoded `ProposalBatch`, the proposals a
+/// peer received at about the same time. One entry for many keeps openraft's per-entry work
+/// (its core loop, replication, apply, the answer) from bounding how many writes commit per
+/// second.
 ///
 /// The empty payload (`Proposal::default()`) is a no-op that records no event. openraft can only
-/// build a `D` through `Default` (its storage conformance suite does), and a proposal always
-/// encodes to at least its event, so no real proposal is ever empty.
+/// build a `D` through `Default` (its storage conformance suite does), and a batch always
+/// encodes to at least one proposal, so no real payload is ever empty.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
     #[serde(with = "raw_bytes")]
@@ -45,9 +48,14 @@ pub struct Proposal {
 }
 
 impl Proposal {
-    /// Encodes `proposal` for the log.
+    /// Encodes `proposal` alone for the log.
     pub fn new(proposal: &EventProposal) -> Self {
-        Self { bytes: proposal.encode_to_vec() }
+        Self::batch(std::slice::from_ref(proposal))
+    }
+
+    /// Encodes `proposals` as one entry.
+    pub fn batch(proposals: &[EventProposal]) -> Self {
+        Self { bytes: ProposalBatch { proposals: proposals.to_vec() }.encode_to_vec() }
     }
 
     /// The encoded bytes, as stored.
@@ -60,9 +68,9 @@ impl Proposal {
         self.bytes.is_empty()
     }
 
-    /// Decodes the proposal.
-    pub fn decode(&self) -> Result<EventProposal, prost::DecodeError> {
-        EventProposal::decode(self.bytes.as_slice())
+    /// Decodes the proposals, in order.
+    pub fn decode(&self) -> Result<Vec<EventProposal>, prost::DecodeError> {
+        Ok(ProposalBatch::decode(self.bytes.as_slice())?.proposals)
     }
 }
 
@@ -73,9 +81,17 @@ impl fmt::Debug for Proposal {
     }
 }
 
-/// What applying one entry produced: the sealed envelope for a proposal, `None` for blank,
-/// membership and no-op entries and for a proposal no longer valid when it came to apply
-/// (`refused` says why). `LogNode::propose` hands either back to the proposer.
+/// What applying one entry produced: what became of each of its proposals, in order; nothing
+/// for blank, membership and no-op entries.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Applied {
+    /// One per proposal of the entry.
+    pub events: Vec<AppliedEvent>,
+}
+
+/// What became of one proposal: its sealed envelope, or, for a proposal no longer valid when
+/// it came to apply, why it was dropped (`refused`). `LogNode::propose` hands either back to
+/// the proposer.
 #[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AppliedEvent {
     /// The envelope as archived.
@@ -186,7 +202,9 @@ mod tests {
         // Length prefix plus the protobuf bytes, nothing per byte.
         assert_eq!(bytes.len(), p.as_bytes().len() + 1);
         let back: Proposal = postcard::from_bytes(&bytes).unwrap();
-        assert_eq!(back.decode().unwrap(), proposal());
+        assert_eq!(back.decode().unwrap(), [proposal()]);
+        let two = Proposal::batch(&[proposal(), EventProposal { actor: "admin:u".into(), ..proposal() }]);
+        assert_eq!(two.decode().unwrap().iter().map(|p| p.actor.as_str()).collect::<Vec<_>>(), ["admin:t", "admin:u"]);
     }
 
     #[test]

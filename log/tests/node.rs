@@ -112,10 +112,10 @@ async fn i1_a_committed_proposal_no_longer_valid_is_dropped_not_applied() {
     let dir = tempfile::tempdir().unwrap();
     let node = open(dir.path()).await;
     let first = node.raft().client_write(vigo_log::Proposal::new(&stack(1))).await.unwrap();
-    assert_eq!(first.data.envelope.as_ref().map(|e| e.index), Some(1));
+    assert_eq!(first.data.events[0].envelope.as_ref().map(|e| e.index), Some(1));
     let second = node.raft().client_write(vigo_log::Proposal::new(&stack(1))).await.unwrap();
-    assert!(second.data.envelope.is_none(), "no event is sealed for it");
-    let refusal = second.data.refused.expect("the refusal is answered");
+    assert!(second.data.events[0].envelope.is_none(), "no event is sealed for it");
+    let refusal = second.data.events[0].refused.clone().expect("the refusal is answered");
     assert!(refusal.contains("stack version 1 does not follow the live version 1"), "{refusal}");
     assert_eq!(node.last_history_index(), 1);
     assert_eq!(node.propose(token(2)).await.unwrap().index, 2, "the log goes on");

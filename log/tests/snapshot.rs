@@ -34,8 +34,9 @@ async fn populated(dir: &std::path::Path) -> StateMachineStore {
         vigo_log::types::Entry { log_id: log_id(6), payload: EntryPayload::Normal(Proposal::default()) },
     ];
     let replies = sm.apply(entries).await.unwrap();
-    let indexes: Vec<Option<u64>> = replies.iter().map(|r| r.envelope.as_ref().map(|e| e.index)).collect();
-    assert_eq!(indexes, [None, Some(1), Some(2), None, Some(3), None]);
+    let indexes: Vec<Vec<u64>> =
+        replies.iter().map(|r| r.events.iter().filter_map(|e| e.envelope.as_ref().map(|e| e.index)).collect()).collect();
+    assert_eq!(indexes, [vec![], vec![1], vec![2], vec![], vec![3], vec![]]);
     sm
 }
 
@@ -68,7 +69,18 @@ async fn i4_snapshot_install_reproduces_state_and_history() {
     // Applying continues the chain on the follower exactly as on the leader.
     for sm in [&mut leader, &mut follower] {
         let reply = sm.apply([normal(7, &stack(2))]).await.unwrap();
-        assert_eq!(reply[0].envelope.as_ref().unwrap().index, 4);
+        assert_eq!(reply[0].events[0].envelope.as_ref().unwrap().index, 4);
+    }
+    assert_eq!(leader.state().last_hash(), follower.state().last_hash());
+    // One entry of several proposals: consecutive events, each checked against the one before.
+    for sm in [&mut leader, &mut follower] {
+        let batch = Proposal::batch(&[token(8), stack(2), token(9)]);
+        let entry = vigo_log::types::Entry { log_id: log_id(8), payload: EntryPayload::Normal(batch) };
+        let reply = sm.apply([entry]).await.unwrap();
+        let events = &reply[0].events;
+        assert_eq!(events[0].envelope.as_ref().map(|e| (e.index, e.log_index)), Some((5, 8)));
+        assert!(events[1].refused.as_ref().unwrap().contains("stack version 2 does not follow the live version 2"));
+        assert_eq!(events[2].envelope.as_ref().map(|e| (e.index, e.log_index)), Some((6, 8)));
     }
     assert_eq!(leader.state().last_hash(), follower.state().last_hash());
 }

@@ -182,7 +182,18 @@ async fn sequential(
     Ok(summary(micros))
 }
 
+/// CPU seconds this process has used so far (user and system), from `/proc/self/stat`.
+fn own_cpu_s() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 async fn throughput(args: &Args) -> anyhow::Result<serde_json::Value> {
+    let cpu_before = own_cpu_s();
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for c in 0..args.clients {
@@ -219,6 +230,7 @@ async fn throughput(args: &Args) -> anyhow::Result<serde_json::Value> {
     out["seconds"] = json!((elapsed * 100.0).round() / 100.0);
     out["writes_per_s"] = json!((writes as f64 / elapsed).round());
     out["failures"] = json!(failures);
+    out["client_cpu_us_per_write"] = json!(((own_cpu_s() - cpu_before) * 1e6 / writes.max(1) as f64).round());
     Ok(out)
 }
 
