@@ -34,8 +34,10 @@ async fn populated(dir: &std::path::Path) -> StateMachineStore {
         vigo_log::types::Entry { log_id: log_id(6), payload: EntryPayload::Normal(Proposal::default()) },
     ];
     let replies = sm.apply(entries).await.unwrap();
-    let indexes: Vec<Vec<u64>> =
-        replies.iter().map(|r| r.events.iter().filter_map(|e| e.envelope.as_ref().map(|e| e.index)).collect()).collect();
+    let indexes: Vec<Vec<u64>> = replies
+        .iter()
+        .map(|r| r.events.iter().filter_map(|e| e.envelope.as_ref().map(|e| e.index)).collect())
+        .collect();
     assert_eq!(indexes, [vec![], vec![1], vec![2], vec![], vec![3], vec![]]);
     sm
 }

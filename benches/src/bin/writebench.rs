@@ -105,9 +105,13 @@ impl Writer {
                 let request = etcd::PutRequest { key: format!("bench/{n}").into_bytes(), value: vec![b'v'; 100] };
                 grpc.ready().await?;
                 let path = tonic::codegen::http::uri::PathAndQuery::from_static("/etcdserverpb.KV/Put");
-                grpc.unary::<_, etcd::PutResponse, _>(tonic::Request::new(request), path, tonic_prost::ProstCodec::default())
-                    .await
-                    .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+                grpc.unary::<_, etcd::PutResponse, _>(
+                    tonic::Request::new(request),
+                    path,
+                    tonic_prost::ProstCodec::default(),
+                )
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
             }
         }
         Ok(())
