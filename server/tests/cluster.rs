@@ -9,20 +9,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Server, enroll, envoy_once, text, write_stack};
+use support::{Server, enroll, envoy_once, generation_stack, text};
 
 fn stack(dir: &Path, generation: u32) {
-    write_stack(
-        dir,
-        &[
-            ("assign.yaml", &format!("- match: \"*\"\n  modules: [m]\n  vars:\n    generation: \"{generation}\"\n")),
-            (
-                "modules/m/module.yaml",
-                "resources:\n  - { type: file, path: /generation, template: gen.j2, mode: \"0644\" }\n",
-            ),
-            ("modules/m/files/gen.j2", "{{ generation }}\n"),
-        ],
-    );
+    generation_stack(dir, &generation.to_string());
 }
 
 /// Runs `attempt` until it returns `Some`, for at most `limit`; panics with `what` after.

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
-use support::{Server, bin, enroll, text, write_stack};
+use support::{Server, bin, enroll, generation_stack, text};
 
 /// Waits for a line containing `needle`; panics with what was seen after `limit`.
 fn wait_for(lines: &Receiver<String>, needle: &str, limit: Duration) -> String {
@@ -24,27 +24,13 @@ fn wait_for(lines: &Receiver<String>, needle: &str, limit: Duration) -> String {
     panic!("no line with {needle:?} within {limit:?}; envoy printed:\n{}", seen.join("\n"));
 }
 
-fn stack(dir: &std::path::Path, generation: &str) {
-    write_stack(
-        dir,
-        &[
-            ("assign.yaml", &format!("- match: \"*\"\n  modules: [m]\n  vars:\n    generation: \"{generation}\"\n")),
-            (
-                "modules/m/module.yaml",
-                "resources:\n  - { type: file, path: /generation, template: gen.j2, mode: \"0644\" }\n",
-            ),
-            ("modules/m/files/gen.j2", "{{ generation }}\n"),
-        ],
-    );
-}
-
 #[test]
 fn a_publish_is_pushed_to_a_waiting_envoy_and_the_server_still_stops_cleanly() {
     let tmp = tempfile::tempdir().unwrap();
     // An hour between check-ins: without the push, v2 would not arrive during this test.
     let server = Server::start_with(&tmp.path().join("server"), "127.0.0.1:0", &["--check-in-interval", "3600"]);
     let stack_dir = tmp.path().join("stack");
-    stack(&stack_dir, "one");
+    generation_stack(&stack_dir, "one");
     server.cli_ok(&["config", "publish", stack_dir.to_str().unwrap()]);
     let envoy_dir = tmp.path().join("envoy");
     let out = enroll(&server, &server.token(), &envoy_dir, "web-1");
@@ -70,7 +56,7 @@ fn a_publish_is_pushed_to_a_waiting_envoy_and_the_server_still_stops_cleanly() {
     wait_for(&lines, "stack v1", Duration::from_secs(30));
     assert_eq!(std::fs::read_to_string(root.join("generation")).unwrap(), "one\n");
 
-    stack(&stack_dir, "two");
+    generation_stack(&stack_dir, "two");
     assert_eq!(server.cli_ok(&["config", "publish", stack_dir.to_str().unwrap()]).trim(), "2");
     wait_for(&lines, "push: stack v2 is live", Duration::from_secs(30));
     wait_for(&lines, "stack v2", Duration::from_secs(30));

@@ -317,19 +317,7 @@ impl AdminService {
     /// What member `node_id` at `addr` says of itself; this peer answers for itself directly.
     async fn member_view(&self, node_id: u64, addr: String) -> Result<PeerStatus, String> {
         if node_id == self.node.log.node_id() {
-            let s = self.node.log.status();
-            return Ok(PeerStatus {
-                node_id,
-                role: s.role,
-                term: s.term,
-                leader: s.leader.unwrap_or(0),
-                last_log_index: s.last_log_index,
-                applied_index: s.applied_index,
-                last_event_index: s.last_event_index,
-                last_event_hash: s.last_event_hash.to_vec(),
-                snapshot_index: s.snapshot_index,
-                purged_index: s.purged_index,
-            });
+            return Ok(crate::services::peer::peer_status(self.node.log.status()));
         }
         let mut client = self.node.log.peers().client(&addr).map_err(|e| e.to_string())?;
         let mut request = Request::new(PeerStatusRequest {});

@@ -55,6 +55,22 @@ fn peer<T>(request: &Request<T>) -> Result<u64, Status> {
         .ok_or_else(|| Status::permission_denied("client certificate is not a peer certificate"))
 }
 
+/// What a peer says of itself.
+pub fn peer_status(s: vigo_log::ClusterStatus) -> PeerStatus {
+    PeerStatus {
+        node_id: s.node_id,
+        role: s.role,
+        term: s.term,
+        leader: s.leader.unwrap_or(0),
+        last_log_index: s.last_log_index,
+        applied_index: s.applied_index,
+        last_event_index: s.last_event_index,
+        last_event_hash: s.last_event_hash.to_vec(),
+        snapshot_index: s.snapshot_index,
+        purged_index: s.purged_index,
+    }
+}
+
 /// A client for the leader, or `None` when this peer leads.
 pub fn leader_client(log: &LogNode) -> Result<Option<PeerClient<Channel>>, Status> {
     match log.leader() {
@@ -110,19 +126,7 @@ impl Peer for PeerService {
 
     async fn status(&self, request: Request<PeerStatusRequest>) -> Result<Response<PeerStatus>, Status> {
         peer(&request)?;
-        let s = self.log.status();
-        Ok(Response::new(PeerStatus {
-            node_id: s.node_id,
-            role: s.role,
-            term: s.term,
-            leader: s.leader.unwrap_or(0),
-            last_log_index: s.last_log_index,
-            applied_index: s.applied_index,
-            last_event_index: s.last_event_index,
-            last_event_hash: s.last_event_hash.to_vec(),
-            snapshot_index: s.snapshot_index,
-            purged_index: s.purged_index,
-        }))
+        Ok(Response::new(peer_status(self.log.status())))
     }
 
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {

@@ -171,3 +171,19 @@ pub fn write_stack(dir: &Path, files: &[(&str, &str)]) {
         std::fs::write(path, contents).expect("write stack file");
     }
 }
+
+/// A stack whose one module writes `/generation` holding `generation`: each publish of a new
+/// generation is a change every envoy can be seen to converge to.
+pub fn generation_stack(dir: &Path, generation: &str) {
+    write_stack(
+        dir,
+        &[
+            ("assign.yaml", &format!("- match: \"*\"\n  modules: [m]\n  vars:\n    generation: \"{generation}\"\n")),
+            (
+                "modules/m/module.yaml",
+                "resources:\n  - { type: file, path: /generation, template: gen.j2, mode: \"0644\" }\n",
+            ),
+            ("modules/m/files/gen.j2", "{{ generation }}\n"),
+        ],
+    );
+}
