@@ -138,6 +138,15 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 
         serving.await?.context("the peer service failed while joining")?;
         tracing::info!(node_id = identity.node_id, "joined the cluster as a voter");
     }
+    if let Some(index) = removed_at(&log.state(), identity.node_id) {
+        log.shutdown().await.context("log shutdown")?;
+        anyhow::bail!(
+            "this peer (node {}) was removed from the cluster at event {index}; wipe {} and join again with a new \
+             join token",
+            identity.node_id,
+            config.data_dir.display()
+        );
+    }
     let keys = log.state().keys().cloned().context("the log holds no cluster keys")?;
     let pki = Pki::unseal(identity, &keys)?;
     let settings = Settings {
@@ -197,8 +206,15 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 
     let _follow_stack = AbortOnDrop(tokio::spawn(node.clone().follow_stack()));
     let _probe = AbortOnDrop(tokio::spawn(node.queue_delay.clone().probe()));
     let stopping = node.clone();
+    let removed = node.clone();
     let shutdown = async move {
-        shutdown.await;
+        // A peer taken out of the cluster stops: it would only serve a state that no longer moves.
+        tokio::select! {
+            _ = shutdown => {}
+            index = removed.removed() => {
+                tracing::warn!(index, "this peer was removed from the cluster; stopping");
+            }
+        }
         // Held watches end first; then the graceful shutdown has no stream left to wait for.
         stopping.stopping.send_replace(true);
     };
@@ -224,6 +240,11 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 
     tokio::task::spawn_blocking(move || flusher.stop()).await?;
     node.log.shutdown().await.context("log shutdown")?;
     Ok(())
+}
+
+/// The event index at which peer `node_id` was removed from the cluster, if it was.
+fn removed_at(state: &vigo_state::ControlState, node_id: u64) -> Option<u64> {
+    state.peer(node_id).and_then(|p| p.removed_index)
 }
 
 /// `vigosrv force-recover`: makes the peer whose (stopped) data dir is `data_dir` the sole

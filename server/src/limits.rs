@@ -66,3 +66,7 @@ pub const JOIN_WAIT: std::time::Duration = std::time::Duration::from_secs(900);
 
 /// How long a joining peer waits, once a voter, for the cluster keys to apply.
 pub const KEYS_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How long a peer removed from the cluster keeps running, at most, so the leader's membership
+/// change (which needs its vote) completes before it stops.
+pub const REMOVED_GRACE: std::time::Duration = std::time::Duration::from_secs(5);

@@ -116,6 +116,27 @@ impl Node {
         }
     }
 
+    /// Resolves with the event index once this peer has applied its own removal from the cluster
+    /// and the leader has taken it out of the membership — or [`crate::limits::REMOVED_GRACE`]
+    /// after the removal, since the leader may stop replicating to it before it learns that.
+    /// Until then it keeps answering the leader, whose membership change needs its vote.
+    pub async fn removed(&self) -> u64 {
+        let mut applied = self.log.watch_applied();
+        let index = loop {
+            if let Some(index) = self.control().peer(self.log.node_id()).and_then(|p| p.removed_index) {
+                break index;
+            }
+            if applied.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        };
+        let node_id = self.log.node_id();
+        let mut metrics = self.log.raft().metrics();
+        let left = metrics.wait_for(|m| m.membership_config.membership().get_node(&node_id).is_none());
+        let _ = tokio::time::timeout(crate::limits::REMOVED_GRACE, left).await;
+        index
+    }
+
     /// The earliest last-seen time (ms) of an envoy counted online at `now_ms`: within
     /// [`crate::limits::ONLINE_INTERVALS`] check-in intervals.
     pub fn online_since_ms(&self, now_ms: i64) -> i64 {

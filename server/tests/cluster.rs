@@ -204,7 +204,7 @@ fn join_refusals_are_clear_and_change_nothing() {
     assert!(err.contains("malformed join token (expected vgp1_"), "{err}");
     // A used-up join token is refused by the cluster, by name.
     let token = join_token(&a, 1);
-    let b = join(&tmp.path().join("b2"), &a, &token);
+    let mut b = join(&tmp.path().join("b2"), &a, &token);
     wait_for_voters(&a, 2);
     let out = std::process::Command::new(support::bin("vigosrv"))
         .args(["run", "--listen", "127.0.0.1:0", "--join", &a.addr, "--token", &token, "--data-dir"])
@@ -216,13 +216,24 @@ fn join_refusals_are_clear_and_change_nothing() {
     assert!(err.contains("refused to admit this peer: ") && err.contains("used up"), "{err}");
     let after = chain(&a);
     assert_eq!(after.len(), before.len() + 3, "two tokens, one admission; the refusals stored nothing");
-    // remove takes a peer out; its admission stays in the history.
+    // remove takes a peer out; it stops, and refuses to start again on its old data.
+    let err = a.cli(&["server", "remove", "1"]);
+    assert!(String::from_utf8_lossy(&err.stderr).contains("peer 1 leads; promote another peer"), "{err:?}");
     a.cli_ok(&["server", "remove", "2"]);
     let s = status(&a).unwrap();
     assert_eq!(s["members"].as_array().unwrap().len(), 1, "{s}");
+    let exited = b.wait_exit(Duration::from_secs(20)).expect("a removed peer stops by itself");
+    assert!(exited.success(), "{exited}");
+    let out = std::process::Command::new(support::bin("vigosrv"))
+        .args(["run", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&b.data_dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("was removed from the cluster at event"), "{err}");
     let err = a.cli(&["server", "remove", "7"]);
     assert!(String::from_utf8_lossy(&err.stderr).contains("no peer 7 in the cluster"));
-    drop(b);
+    a.token();
 }
 
 /// Creates `n` tokens on `peer` over one admin connection: `n` events on the log.

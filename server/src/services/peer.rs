@@ -94,10 +94,17 @@ pub async fn change_membership(node: &Node, request: ChangeMembershipRequest) ->
             if !member && !admitted {
                 return Err(crate::error::refused(ControlError::PeerUnknown(node_id)));
             }
-            log.remove_member(node_id).await.map_err(log_status)?;
+            if node_id == log.node_id() {
+                return Err(log_status(LogError::Membership(format!(
+                    "peer {node_id} leads; promote another peer before removing it"
+                ))));
+            }
+            // The event first, while the peer still receives the log: it learns of its removal
+            // and stops.
             if admitted {
                 node.commit_event(&request.actor, Kind::PeerRemoved(PeerRemoved { node_id })).await?;
             }
+            log.remove_member(node_id).await.map_err(log_status)?;
             Ok(log.node_id())
         }
         Some(Change::Promote(node_id)) => log.transfer_leadership(node_id).await.map_err(log_status),

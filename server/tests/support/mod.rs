@@ -107,6 +107,18 @@ impl Server {
         self.cli_ok(&["token", "create"])
     }
 
+    /// Waits up to `limit` for the server to exit by itself; its exit status, if it did.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     /// Kills the server at once (SIGKILL), like a crash.
     pub fn kill(mut self) {
         let _ = self.child.kill();
