@@ -62,8 +62,14 @@ fn respond(node: &Node, request_line: &str) -> (&'static str, &'static str, Stri
         "/healthz" => ("200 OK", "text/plain", "ok\n".into()),
         "/status" => {
             let control = node.control();
+            let cluster = node.log.status();
             let body = json!({
                 "listen": node.settings.listen,
+                "node_id": cluster.node_id,
+                "role": cluster.role,
+                "leader": cluster.leader,
+                "term": cluster.term,
+                "applied_index": cluster.applied_index,
                 "events": control.last_index(),
                 "envoys": control.n_envoys(),
                 "envoys_seen": node.fleet.len(),

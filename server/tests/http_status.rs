@@ -32,6 +32,10 @@ fn health_and_status_pages() {
     let status: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(status["events"], 4, "the founding ClusterKeysSealed and PeerAdmitted, TokenCreated and EnvoyEnrolled");
     assert_eq!(status["envoys"], 1);
+    assert_eq!(
+        (status["node_id"].as_u64(), status["role"].as_str(), status["leader"].as_u64()),
+        (Some(1), Some("leader"), Some(1))
+    );
     assert_eq!(status["stack_version"], 0);
 
     assert_eq!(get(&http, "/nope").0, "HTTP/1.1 404 Not Found");
