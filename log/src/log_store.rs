@@ -3,18 +3,17 @@
 //! a vote or an entry acknowledged to a peer must survive a crash, or two leaders could be
 //! elected for one term or a committed entry could vanish.
 //!
-//! Appends are fsynced as a group: openraft hands the leader each client write as an append of
-//! its own, and one fsync each would cap writes at the disk's fsync rate. So `append` writes
-//! the entries (to RocksDB's WAL, not yet synced) and queues openraft's "flushed" callback; the
-//! sync thread fsyncs the WAL once for everything queued since its last fsync and only then
-//! calls those callbacks, in order. While one fsync runs, the next group gathers.
+//! Each append is fsynced before it returns. openraft 0.9's core waits for every append's flush
+//! before it goes on (and only then replicates the entries), so fsyncing later, in groups,
+//! would gain nothing: concurrent writes share an fsync by sharing a Raft entry instead
+//! (`LogNode`'s proposal batches).
 //!
 //! Only this store purges: it deletes `logs` entries that a snapshot covers. The event history
 //! lives elsewhere (`history`) and is never purged.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOError, Vote};
@@ -31,64 +30,11 @@ const KEY_COMMITTED: &str = "committed";
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
-    sync: Arc<GroupSync>,
 }
-
-/// Appends written but not yet fsynced, and the thread that fsyncs them as a group.
-#[derive(Default)]
-struct GroupSync {
-    waiting: Mutex<Vec<LogFlushed<TypeConfig>>>,
-    wake: Condvar,
-}
-
-impl GroupSync {
-    /// Starts the sync thread. It holds the database only while it fsyncs, and ends once every
-    /// other holder let go of it.
-    fn start(db: &Arc<DB>) -> Arc<Self> {
-        let sync = Arc::new(GroupSync::default());
-        let (weak_db, worker) = (Arc::downgrade(db), sync.clone());
-        std::thread::Builder::new()
-            .name("vigo-log-sync".into())
-            .spawn(move || worker.run(&weak_db))
-            .expect("spawn the log sync thread");
-        sync
-    }
-
-    fn queue(&self, flushed: LogFlushed<TypeConfig>) {
-        self.waiting.lock().expect("log sync queue poisoned").push(flushed);
-        self.wake.notify_one();
-    }
-
-    fn run(&self, db: &std::sync::Weak<DB>) {
-        loop {
-            let group = {
-                let mut waiting = self.waiting.lock().expect("log sync queue poisoned");
-                while waiting.is_empty() {
-                    if db.strong_count() == 0 {
-                        return;
-                    }
-                    waiting = self.wake.wait_timeout(waiting, SYNC_IDLE_CHECK).expect("log sync queue poisoned").0;
-                }
-                std::mem::take(&mut *waiting)
-            };
-            let synced = match db.upgrade() {
-                Some(db) => db.flush_wal(true).map_err(std::io::Error::other),
-                None => Err(std::io::Error::other("the log was closed before its entries were synced")),
-            };
-            for flushed in group {
-                flushed.log_io_completed(synced.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string())));
-            }
-        }
-    }
-}
-
-/// How often an idle sync thread checks whether the log was closed.
-const SYNC_IDLE_CHECK: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl LogStore {
     pub(crate) fn new(db: Arc<DB>) -> Self {
-        let sync = GroupSync::start(&db);
-        Self { db, sync }
+        Self { db }
     }
 
     // Helpers answer plain strings; the trait methods wrap them into openraft's (large)
@@ -193,19 +139,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        // One batch, one fsync for everything openraft hands over at once (group commit).
         let cf = db::cf(&self.db, CF_LOGS);
         let mut batch = WriteBatch::default();
         for entry in entries {
             let bytes = db::encode(&entry).map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
             batch.put_cf(cf, db::index_key(entry.log_id.index), bytes);
         }
-        // Written now, fsynced with the next group (see the module docs). A failed write is
-        // reported to openraft at once, so it does not wait on it.
-        if let Err(e) = self.db.write(batch) {
-            callback.log_io_completed(Err(std::io::Error::other(e.clone())));
-            return Err(StorageIOError::write_logs(&e).into());
-        }
-        self.sync.queue(callback);
+        let result = self.db.write_opt(batch, &db::synced());
+        // Tell openraft the outcome either way, so it does not wait on a write that failed.
+        callback.log_io_completed(result.clone().map_err(std::io::Error::other));
+        result.map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
     }
 
