@@ -51,12 +51,12 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
 }
 
 /// Prints the verified history.
-pub async fn log(client: &mut AdminClient<Channel>, json_out: bool) -> anyhow::Result<()> {
+pub async fn log(client: &mut AdminClient<Channel>, linearizable: bool, json_out: bool) -> anyhow::Result<()> {
     let (mut index, mut hash) = (0u64, GENESIS_HASH);
     let mut rows = Vec::new();
     loop {
         let page = client
-            .read_history(ReadHistoryRequest { from_index: index + 1, limit: 0 })
+            .read_history(ReadHistoryRequest { from_index: index + 1, limit: 0, linearizable })
             .await
             .map_err(|s| anyhow::anyhow!("{}", s.message()))?
             .into_inner();

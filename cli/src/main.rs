@@ -141,7 +141,12 @@ enum EnvoysCommand {
 #[derive(Subcommand)]
 enum AuditCommand {
     /// Print the history from index 1, verifying its hash chain.
-    Log,
+    Log {
+        /// Wait until the peer asked holds every event committed before the request (through
+        /// the leader; fails without a quorum). Without it, a peer answers with what it has.
+        #[arg(long)]
+        linearizable: bool,
+    },
 }
 
 async fn admin_client(cli: &Cli) -> anyhow::Result<AdminClient<Channel>> {
@@ -221,7 +226,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("revoked {}", response.envoy_id);
             }
         }
-        Command::Audit(AuditCommand::Log) => audit::log(&mut client, json_out).await?,
+        Command::Audit(AuditCommand::Log { linearizable }) => audit::log(&mut client, *linearizable, json_out).await?,
         Command::Envoys(EnvoysCommand::Show { envoy }) => {
             let shown =
                 client.show_envoy(ShowEnvoyRequest { envoy: envoy.clone() }).await.map_err(status)?.into_inner();

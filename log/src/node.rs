@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::metrics::WaitError;
 use openraft::{BasicNode, ChangeMembers, Config, Raft, ServerState, SnapshotPolicy};
 use prost::Message as _;
@@ -221,6 +221,59 @@ impl LogNode {
         };
         self.wait_applied(env.index, limits::PROPOSE_WAIT).await?;
         Ok(env)
+    }
+
+    /// A read barrier: returns once this peer has applied every entry committed before the call,
+    /// so what it reads next is linearizable. The leader confirms with a quorum that it still
+    /// leads (openraft's read index); a follower asks the leader for that index and waits until
+    /// it has applied as far.
+    pub async fn read_barrier(&self) -> Result<(), LogError> {
+        let log_index = match self.read_index().await {
+            Ok(index) => index,
+            Err(LogError::NotLeader { leader_hint: Some(addr) }) => {
+                let peer_error = |reason: String| LogError::LeaderUnreachable { addr: addr.clone(), reason };
+                let mut client = self.peers.client(&addr).map_err(|e| peer_error(e.to_string()))?;
+                let mut request = tonic::Request::new(vigo_proto::peer::ReadIndexRequest {});
+                request.set_timeout(limits::PROPOSE_WAIT);
+                match client.read_index(request).await {
+                    Ok(reply) => reply.into_inner().log_index,
+                    Err(status) if status.code() == tonic::Code::Unavailable => {
+                        return Err(LogError::NoQuorum(format!(
+                            "the leader at {addr} cannot confirm it leads: {}",
+                            status.message()
+                        )));
+                    }
+                    Err(status) => return Err(forwarded_error(&addr, status)),
+                }
+            }
+            Err(LogError::NotLeader { leader_hint: None }) => return Err(LogError::NoLeader),
+            Err(e) => return Err(e),
+        };
+        self.raft
+            .wait(Some(limits::PROPOSE_WAIT))
+            .applied_index_at_least(Some(log_index), "read barrier")
+            .await
+            .map_err(wait_error)?;
+        Ok(())
+    }
+
+    /// On the leader: confirms with a quorum that it still leads and returns the log index a
+    /// linearizable read must wait for ([`LogError::NotLeader`] elsewhere).
+    pub async fn read_index(&self) -> Result<u64, LogError> {
+        let confirmed =
+            tokio::time::timeout(limits::PROPOSE_WAIT, self.raft.get_read_log_id()).await.map_err(|_| {
+                LogError::NoQuorum(format!("no quorum confirmed this leader within {:?}", limits::PROPOSE_WAIT))
+            })?;
+        match confirmed {
+            Ok((read_log_id, _)) => Ok(read_log_id.map_or(0, |log_id| log_id.index)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(LogError::NotLeader { leader_hint: f.leader_node.map(|n| n.addr) })
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+                Err(LogError::NoQuorum(format!("this leader cannot reach a quorum: {e}")))
+            }
+            Err(RaftError::Fatal(f)) => Err(f.into()),
+        }
     }
 
     /// Waits until this peer has applied event `index`, for at most `timeout`.

@@ -58,6 +58,11 @@ fn events(peer: &Server) -> Vec<Value> {
     log["events"].as_array().expect("events").clone()
 }
 
+/// The index of the last event `peer` holds.
+fn last_index(peer: &Server) -> u64 {
+    peer.cli_json(&["audit", "log"])["last_index"].as_u64().expect("last_index")
+}
+
 /// Creates a join token for `uses` peers on `peer`.
 fn join_token(peer: &Server, uses: u32) -> String {
     peer.cli_ok(&["token", "create", "--join", "--uses", &uses.to_string()])
@@ -117,8 +122,11 @@ fn three_peers_fail_over_catch_up_and_refuse_writes_without_quorum() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(std::fs::read_to_string(root.join("generation")).unwrap(), "2\n");
 
-    // The old leader comes back on its address, catches up, and holds the same chain.
+    // The old leader comes back on its address, catches up, and holds the same chain; a
+    // linearizable read from it waits until it holds every committed event.
     let a = Server::start(&a_dir, &a_addr);
+    let read = a.cli_json(&["audit", "log", "--linearizable"]);
+    assert_eq!(read["last_index"], last_index(&b), "a linearizable read from the restarted peer is current");
     wait_for_voters(&b, 3);
     let history = chain(&b);
     assert_eq!(history.len(), chain(&c).len());
@@ -153,6 +161,9 @@ fn three_peers_fail_over_catch_up_and_refuse_writes_without_quorum() {
     );
     let out = envoy_once(&envoy_dir, &root, &[]);
     assert!(out.status.success(), "check-ins are answered from the survivor's projection: {}", text(&out));
+    assert_eq!(survivor.cli_json(&["audit", "log"])["chain"], "verified", "the history is still readable");
+    let out = survivor.cli(&["audit", "log", "--linearizable"]);
+    assert!(!out.status.success(), "a linearizable read needs a quorum");
 
     // Quorum is lost for good: a forced recovery on the survivor, which says so loudly first.
     let (dir, addr) = (survivor.data_dir.clone(), survivor.addr.clone());

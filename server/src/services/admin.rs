@@ -302,6 +302,9 @@ impl Admin for AdminService {
     ) -> Result<Response<ReadHistoryResponse>, Status> {
         admin(&request)?;
         let req = request.into_inner();
+        if req.linearizable {
+            self.node.log.read_barrier().await.map_err(crate::error::log_status)?;
+        }
         let limit = if req.limit == 0 { HISTORY_PAGE_MAX } else { req.limit.min(HISTORY_PAGE_MAX) };
         let from = req.from_index.max(1);
         let events = self

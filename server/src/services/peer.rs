@@ -20,7 +20,7 @@ use vigo_proto::peer::peer_server::Peer;
 use vigo_proto::peer::{
     AddVoterReply, AddVoterRequest, ChangeMembershipReply, ChangeMembershipRequest, ElectReply, ElectRequest,
     HoldElectionsReply, HoldElectionsRequest, JoinReply, JoinRequest, PeerStatus, PeerStatusRequest, ProposeReply,
-    ProposeRequest, RaftReply, RaftRequest,
+    ProposeRequest, RaftReply, RaftRequest, ReadIndexReply, ReadIndexRequest,
 };
 use vigo_state::ControlError;
 
@@ -216,6 +216,12 @@ impl Peer for PeerService {
         let for_ms = request.into_inner().for_ms.min(vigo_log::limits::TRANSFER_HOLD.as_millis() as u64);
         self.log.hold_elections(std::time::Duration::from_millis(for_ms));
         Ok(Response::new(HoldElectionsReply {}))
+    }
+
+    async fn read_index(&self, request: Request<ReadIndexRequest>) -> Result<Response<ReadIndexReply>, Status> {
+        peer(&request)?;
+        let log_index = self.log.read_index().await.map_err(log_status)?;
+        Ok(Response::new(ReadIndexReply { log_index }))
     }
 
     async fn elect(&self, request: Request<ElectRequest>) -> Result<Response<ElectReply>, Status> {
