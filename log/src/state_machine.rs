@@ -139,7 +139,10 @@ fn seal_and_apply_all(state: &mut ControlState, proposals: &Proposal, log_index:
 /// So it is validated again here, against the state it actually follows: one that no longer
 /// holds is dropped — on every peer alike, since they all apply the same entries to the same
 /// state — and its proposer is told why (I-1).
-fn seal_and_apply(state: &mut ControlState, proposal: EventProposal, log_index: u64) -> AppliedEvent {
+fn seal_and_apply(state: &mut ControlState, mut proposal: EventProposal, log_index: u64) -> AppliedEvent {
+    if let Some(event) = proposal.event.as_mut() {
+        state.assign(event);
+    }
     let valid = match &proposal.event {
         Some(event) => state.validate(event, proposal.proposed_at_ms),
         None => Err(vigo_state::ControlError::Empty),

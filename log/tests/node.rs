@@ -247,3 +247,30 @@ async fn futures_join<T>(handles: impl Iterator<Item = tokio::task::JoinHandle<T
     }
     out
 }
+
+/// A publish proposed with version 0 takes the next version when it commits: publishes made
+/// at once each go live, in commit order, and the archived events hold their real versions.
+#[tokio::test]
+async fn publishes_of_the_next_version_all_land_in_commit_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = std::sync::Arc::new(open(dir.path()).await);
+    let publishes = (0..8).map(|_| {
+        let node = node.clone();
+        tokio::spawn(async move { node.propose(stack(0)).await })
+    });
+    let mut versions: Vec<(u64, u64)> = futures_join(publishes)
+        .await
+        .into_iter()
+        .map(|r| {
+            let env = r.unwrap();
+            match env.event.and_then(|e| e.kind) {
+                Some(vigo_proto::events::event::Kind::StackPublished(s)) => (env.index, s.version),
+                other => panic!("not a publish: {other:?}"),
+            }
+        })
+        .collect();
+    versions.sort_unstable();
+    assert_eq!(versions, (1..=8).map(|v| (v, v)).collect::<Vec<_>>(), "event n made version n live");
+    assert_eq!(node.state().stack_version(), 8);
+    std::sync::Arc::into_inner(node).expect("no other handle").shutdown().await.unwrap();
+}

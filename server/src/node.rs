@@ -199,6 +199,11 @@ impl Node {
         make: impl FnOnce(&ControlState) -> Result<Kind, ControlError>,
     ) -> Result<EventEnvelope, WriteError> {
         let _guard = self.write_lock.lock().await;
+        // On a follower, catch up first: a write derived from a stale state (the next stack
+        // version, say) would only be refused by the leader.
+        if !self.log.is_leader() {
+            self.log.read_barrier().await?;
+        }
         self.propose(actor, make).await
     }
 

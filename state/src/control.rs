@@ -319,8 +319,9 @@ impl ControlState {
             }
             Kind::StackPublished(s) => {
                 hash32(&s.sha256).ok_or(ControlError::Malformed("sha256 must be 32 bytes"))?;
+                // 0 in a proposal: "the next version", filled in when it applies (`assign`).
                 let live = self.stack_version();
-                if s.version != live + 1 {
+                if s.version != 0 && s.version != live + 1 {
                     return Err(ControlError::StackVersion { live, found: s.version });
                 }
             }
@@ -361,6 +362,18 @@ impl ControlState {
             }
         }
         Ok(())
+    }
+
+    /// Fills in what a proposal leaves to the state it lands on: a publish's version 0 becomes
+    /// the next version. Called on each committed proposal just before it is sealed, so the
+    /// archived event holds the version it made live; concurrent publishes through different
+    /// peers so each get a version, in commit order, instead of all but one being refused.
+    pub fn assign(&self, event: &mut Event) {
+        if let Some(Kind::StackPublished(s)) = event.kind.as_mut()
+            && s.version == 0
+        {
+            s.version = self.stack_version() + 1;
+        }
     }
 
     /// Whether the token with this hash may be used now, for a peer (`join`) or an envoy.

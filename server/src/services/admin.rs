@@ -100,20 +100,20 @@ impl Admin for AdminService {
         {
             return Ok(Response::new(PublishStackResponse { version: live.version, sha256, index: live.index }));
         }
-        let mut version = 0;
-        let env = self
-            .node
-            .commit(&actor, |state| {
-                version = state.stack_version() + 1;
-                Ok(Kind::StackPublished(StackPublished {
-                    version,
-                    archive: req.archive,
-                    sha256: sha256.clone(),
-                    author: actor.clone(),
-                    message: req.message,
-                }))
-            })
-            .await?;
+        // Version 0: the next one, assigned when the publish commits, so publishes through
+        // different peers at once each go live in commit order.
+        let event = StackPublished {
+            version: 0,
+            archive: req.archive,
+            sha256: sha256.clone(),
+            author: actor.clone(),
+            message: req.message,
+        };
+        let env = self.node.commit_event(&actor, Kind::StackPublished(event)).await?;
+        let version = match env.event.as_ref().and_then(|e| e.kind.as_ref()) {
+            Some(Kind::StackPublished(s)) => s.version,
+            _ => return Err(Status::internal("the committed event is not the publish")),
+        };
         tracing::info!(version, index = env.index, "stack published");
         Ok(Response::new(PublishStackResponse { version, sha256, index: env.index }))
     }

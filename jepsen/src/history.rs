@@ -1,0 +1,143 @@
+//! What a run records: every client operation with its invoke and complete times and outcome,
+//! every fault, and at the end each peer's whole history as it serves it. The checkers
+//! (`check.rs`) read only this, so a history can be saved, reloaded and checked again, and
+//! doctored by hand to prove a checker fails.
+
+use serde::{Deserialize, Serialize};
+
+/// A control write, named by what identifies its event in the history afterwards.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "write", rename_all = "snake_case")]
+pub enum Write {
+    /// A stack publish; `key` is the hex SHA-256 of its archive (each publish has unique content).
+    Publish {
+        /// Hex SHA-256 of the archive.
+        key: String,
+    },
+    /// A token; `key` is the hex SHA-256 of its secret, as the `TokenCreated` event holds it.
+    Token {
+        /// Hex SHA-256 of the secret.
+        key: String,
+    },
+}
+
+impl Write {
+    /// The key its event carries.
+    pub fn key(&self) -> &str {
+        match self {
+            Write::Publish { key } | Write::Token { key } => key,
+        }
+    }
+}
+
+/// A read of one peer's history (the audit log), as a client saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadResult {
+    /// The peer read from.
+    pub peer: usize,
+    /// The history it returned: its events in index order.
+    pub events: Vec<Event>,
+}
+
+/// What a client asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum OpKind {
+    /// A control write.
+    Write(Write),
+    /// A linearizable read of the history from one peer.
+    Read {
+        /// The peer asked.
+        peer: usize,
+    },
+}
+
+/// How an operation ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// Acknowledged. For a write, `index` is the event index the server answered with, when it
+    /// says (publishes do; tokens do not).
+    Ok {
+        /// The event index of an acknowledged write, when the answer carries it.
+        index: Option<u64>,
+        /// What a read returned.
+        read: Option<ReadResult>,
+    },
+    /// Refused: the write certainly did not and will not take effect (validation refused it).
+    Failed {
+        /// Why.
+        reason: String,
+    },
+    /// No answer, or one that leaves it open (timeout, connection lost, "may still commit"):
+    /// the write may or may not have taken effect.
+    Unknown {
+        /// What happened.
+        reason: String,
+    },
+}
+
+/// One client operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Op {
+    /// Unique in the run.
+    pub id: u64,
+    /// The client (a logical process) that issued it; a client issues one operation at a time.
+    pub client: u32,
+    /// What it did.
+    pub kind: OpKind,
+    /// Microseconds since the run started, when it was sent.
+    pub invoke_us: u64,
+    /// Microseconds since the run started, when its outcome was known.
+    pub complete_us: u64,
+    /// The outcome.
+    pub outcome: Outcome,
+}
+
+/// One event of a peer's history, reduced to what the checkers need.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Event index (dense from 1).
+    pub index: u64,
+    /// Hex SHA-256 of the previous envelope.
+    pub prev_hash: String,
+    /// Hex SHA-256 of this envelope.
+    pub hash: String,
+    /// `TokenCreated`, `StackPublished`, `PeerAdmitted`, ….
+    pub kind: String,
+    /// The key a client write is recognised by (see [`Write`]); empty for events no client
+    /// of the workload writes (cluster keys, admissions, …).
+    pub key: String,
+}
+
+/// A fault the nemesis injected or healed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fault {
+    /// Microseconds since the run started.
+    pub at_us: u64,
+    /// What: `kill`, `restart`, `pause`, `resume`, `partition`, `heal`, ….
+    pub what: String,
+    /// The peers it touched.
+    pub peers: Vec<usize>,
+}
+
+/// A whole run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct History {
+    /// The seed the run was made from.
+    pub seed: u64,
+    /// Number of peers.
+    pub peers: usize,
+    /// Every operation, in the order they completed.
+    pub ops: Vec<Op>,
+    /// Every fault, in order.
+    pub faults: Vec<Fault>,
+    /// Microseconds since the start when the cluster was healed for good.
+    pub healed_us: Option<u64>,
+    /// Whether, after the heal, the cluster elected a leader and acknowledged a write within
+    /// the liveness window.
+    pub live_after_heal: Option<bool>,
+    /// Each peer's whole history, read from it after the heal; `None` for a peer that could not
+    /// be read.
+    pub finals: Vec<Option<Vec<Event>>>,
+}

@@ -1,0 +1,324 @@
+//! One run: start the cluster, drive the clients while the nemesis injects faults, heal, check
+//! liveness, read every peer's history, and record it all in a [`History`].
+//!
+//! Everything random comes from the seed: which operation each client issues next and against
+//! which peer, and which fault the nemesis injects, when, on which peer and for how long. The
+//! processes' own timing is not under the seed's control, so a run repeats its schedule, not its
+//! exact interleaving.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::client::Client;
+use crate::cluster::Cluster;
+use crate::history::{Fault, History, Op, OpKind, Outcome, Write};
+
+/// A fault the nemesis can inject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum FaultKind {
+    /// `kill -9` a peer, restart it later on the same address and data.
+    Kill,
+    /// `kill -9` the leader, restart it later.
+    KillLeader,
+    /// `SIGSTOP` a peer, `SIGCONT` it later.
+    Pause,
+}
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// The `vigosrv` binary.
+    pub vigosrv: PathBuf,
+    /// The `vigocli` binary.
+    pub vigocli: PathBuf,
+    /// Where the peers' data dirs go.
+    pub work_dir: PathBuf,
+    /// Peers.
+    pub peers: usize,
+    /// The seed.
+    pub seed: u64,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// How long clients run and faults happen.
+    pub duration: Duration,
+    /// The faults to choose from; none: a run without faults.
+    pub faults: Vec<FaultKind>,
+    /// Time between the end of one fault and the start of the next, on average.
+    pub fault_gap: Duration,
+    /// How long a fault lasts, at most (at least a quarter of it).
+    pub fault_length: Duration,
+    /// How long after the heal the cluster has to acknowledge a write.
+    pub liveness: Duration,
+}
+
+/// Microseconds since `start`.
+fn us(start: Instant) -> u64 {
+    start.elapsed().as_micros() as u64
+}
+
+/// Runs the whole schedule and returns what happened.
+pub async fn run(config: &RunConfig) -> anyhow::Result<History> {
+    let cluster = Cluster::start(&config.vigosrv, &config.vigocli, &config.work_dir, config.peers)?;
+    let addrs = cluster.addrs();
+    let tls = crate::client::tls(&cluster.creds())?;
+    let cluster = Arc::new(Mutex::new(cluster));
+    let start = Instant::now();
+    let ops = Arc::new(Mutex::new(Vec::new()));
+    let faults = Arc::new(Mutex::new(Vec::new()));
+    let next_id = Arc::new(AtomicU64::new(0));
+    let end = start + config.duration;
+
+    let nemesis = {
+        let (cluster, faults, config, addrs) = (cluster.clone(), faults.clone(), config.clone(), addrs.clone());
+        tokio::task::spawn_blocking(move || nemesis(&cluster, &faults, &config, &addrs, start, end))
+    };
+    let mut clients = Vec::new();
+    for c in 0..config.clients {
+        let worker = Worker {
+            client: c as u32,
+            seed: config.seed,
+            addrs: addrs.clone(),
+            tls: tls.clone(),
+            ops: ops.clone(),
+            next_id: next_id.clone(),
+            start,
+        };
+        clients.push(tokio::spawn(worker.run(end)));
+    }
+    for client in clients {
+        client.await?;
+    }
+    nemesis.await?.context("the nemesis failed")?;
+
+    // Heal, then the cluster must take a write within the liveness window.
+    {
+        let mut cluster = cluster.lock().expect("cluster lock");
+        tokio::task::block_in_place(|| cluster.heal())?;
+    }
+    let healed_us = us(start);
+    faults.lock().expect("faults lock").push(Fault {
+        at_us: healed_us,
+        what: "heal".into(),
+        peers: (0..addrs.len()).collect(),
+    });
+    let live = liveness(&addrs, &tls, config, &ops, &next_id, start).await;
+    let finals = final_reads(&addrs, &tls, config.liveness).await;
+    let mut ops = std::mem::take(&mut *ops.lock().expect("ops lock"));
+    ops.sort_by_key(|op: &Op| op.complete_us);
+    let faults = std::mem::take(&mut *faults.lock().expect("faults lock"));
+    Ok(History {
+        seed: config.seed,
+        peers: config.peers,
+        ops,
+        faults,
+        healed_us: Some(healed_us),
+        live_after_heal: Some(live),
+        finals,
+    })
+}
+
+/// One client: one operation at a time, each against a peer chosen by the seed.
+struct Worker {
+    client: u32,
+    seed: u64,
+    addrs: Vec<String>,
+    tls: Arc<rustls::ClientConfig>,
+    ops: Arc<Mutex<Vec<Op>>>,
+    next_id: Arc<AtomicU64>,
+    start: Instant,
+}
+
+impl Worker {
+    async fn run(self, end: Instant) {
+        let mut rng =
+            StdRng::seed_from_u64(self.seed ^ (u64::from(self.client) + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut connections: Vec<Option<Client>> = self.addrs.iter().map(|_| None).collect();
+        let mut n = 0u64;
+        while Instant::now() < end {
+            let peer = rng.random_range(0..self.addrs.len());
+            let choice = rng.random_range(0..10);
+            let id = self.next_id.fetch_add(1, Relaxed);
+            let invoke_us = us(self.start);
+            let connection = match &mut connections[peer] {
+                Some(c) => Ok(c),
+                slot => match Client::connect(&self.addrs[peer], self.tls.clone()).await {
+                    Ok(c) => Ok(slot.insert(c)),
+                    Err(e) => Err(e),
+                },
+            };
+            let tag = format!("seed {} client {} op {n}", self.seed, self.client);
+            let (kind, outcome) = match (connection, choice) {
+                // Never sent: it cannot have taken effect.
+                (Err(e), _) => {
+                    let kind = match choice {
+                        0..=3 => OpKind::Write(Write::Publish { key: crate::client::publish_key(&tag) }),
+                        4..=6 => OpKind::Write(Write::Token { key: String::new() }),
+                        _ => OpKind::Read { peer },
+                    };
+                    (kind, Outcome::Failed { reason: format!("not sent: {e:#}") })
+                }
+                (Ok(client), 0..=3) => {
+                    let (write, outcome) = client.publish(&tag).await;
+                    (OpKind::Write(write), outcome)
+                }
+                (Ok(client), 4..=6) => {
+                    let (write, outcome) = client.create_token().await;
+                    (OpKind::Write(write), outcome)
+                }
+                (Ok(client), _) => (OpKind::Read { peer }, client.read(peer, true).await),
+            };
+            if !matches!(outcome, Outcome::Ok { .. }) {
+                // Start afresh with this peer next time: the connection may be what failed.
+                connections[peer] = None;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let complete_us = us(self.start);
+            self.ops.lock().expect("ops lock").push(Op {
+                id,
+                client: self.client,
+                kind,
+                invoke_us,
+                complete_us,
+                outcome,
+            });
+            n += 1;
+        }
+    }
+}
+
+/// Injects faults until `end`, one at a time, each healed before the next.
+fn nemesis(
+    cluster: &Mutex<Cluster>,
+    faults: &Mutex<Vec<Fault>>,
+    config: &RunConfig,
+    addrs: &[String],
+    start: Instant,
+    end: Instant,
+) -> anyhow::Result<()> {
+    if config.faults.is_empty() {
+        return Ok(());
+    }
+    let mut rng = StdRng::seed_from_u64(config.seed);
+    let record = |what: &str, peer: usize| {
+        faults.lock().expect("faults lock").push(Fault { at_us: us(start), what: what.into(), peers: vec![peer] });
+    };
+    loop {
+        let gap = config.fault_gap.mul_f64(rng.random_range(0.5..1.5));
+        let length = config.fault_length.mul_f64(rng.random_range(0.25..1.0));
+        if Instant::now() + gap + length >= end {
+            return Ok(());
+        }
+        std::thread::sleep(gap);
+        let kind = config.faults[rng.random_range(0..config.faults.len())];
+        let mut peer = rng.random_range(0..addrs.len());
+        if kind == FaultKind::KillLeader
+            && let Some(leader) = leader(&config.vigocli, addrs, &cluster.lock().expect("cluster lock").creds())
+        {
+            peer = leader;
+        }
+        match kind {
+            FaultKind::Kill | FaultKind::KillLeader => {
+                cluster.lock().expect("cluster lock").kill(peer);
+                record("kill", peer);
+                std::thread::sleep(length);
+                cluster.lock().expect("cluster lock").restart(peer)?;
+                record("restart", peer);
+            }
+            FaultKind::Pause => {
+                cluster.lock().expect("cluster lock").pause(peer);
+                record("pause", peer);
+                std::thread::sleep(length);
+                cluster.lock().expect("cluster lock").resume(peer);
+                record("resume", peer);
+            }
+        }
+    }
+}
+
+/// The peer number of the leader, as the first peer that answers says.
+fn leader(vigocli: &std::path::Path, addrs: &[String], creds: &std::path::Path) -> Option<usize> {
+    let out = std::process::Command::new(vigocli)
+        .args(["--server", &addrs.join(","), "--creds"])
+        .arg(creds)
+        .args(["server", "status", "-o", "json"])
+        .output()
+        .ok()?;
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let leader = status["leader"].as_u64()?;
+    let members = status["members"].as_array()?;
+    let addr = members.iter().find(|m| m["node_id"] == leader)?["addr"].as_str()?;
+    addrs.iter().position(|a| a == addr)
+}
+
+/// After the heal: whether some peer acknowledges a publish within the liveness window. Every
+/// attempt is recorded as an operation of its own client (number `config.clients`).
+async fn liveness(
+    addrs: &[String],
+    tls: &Arc<rustls::ClientConfig>,
+    config: &RunConfig,
+    ops: &Mutex<Vec<Op>>,
+    next_id: &AtomicU64,
+    start: Instant,
+) -> bool {
+    let deadline = Instant::now() + config.liveness;
+    let mut attempt = 0usize;
+    while Instant::now() < deadline {
+        let addr = &addrs[attempt % addrs.len()];
+        let tag = format!("seed {} liveness {attempt}", config.seed);
+        let invoke_us = us(start);
+        let (write, outcome) = match Client::connect(addr, tls.clone()).await {
+            Ok(mut client) => client.publish(&tag).await,
+            Err(e) => (
+                Write::Publish { key: crate::client::publish_key(&tag) },
+                Outcome::Failed { reason: format!("not sent: {e:#}") },
+            ),
+        };
+        let acknowledged = matches!(outcome, Outcome::Ok { .. });
+        let op = Op {
+            id: next_id.fetch_add(1, Relaxed),
+            client: config.clients as u32,
+            kind: OpKind::Write(write),
+            invoke_us,
+            complete_us: us(start),
+            outcome,
+        };
+        ops.lock().expect("ops lock").push(op);
+        if acknowledged {
+            return true;
+        }
+        attempt += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
+/// Each peer's whole history after the heal, read linearizably (so it holds every committed
+/// event); `None` for a peer that never answered within `limit`.
+async fn final_reads(
+    addrs: &[String],
+    tls: &Arc<rustls::ClientConfig>,
+    limit: Duration,
+) -> Vec<Option<Vec<crate::history::Event>>> {
+    let mut finals = Vec::new();
+    for (peer, addr) in addrs.iter().enumerate() {
+        let deadline = Instant::now() + limit;
+        let mut read = None;
+        while read.is_none() && Instant::now() < deadline {
+            if let Ok(mut client) = Client::connect(addr, tls.clone()).await
+                && let Outcome::Ok { read: Some(result), .. } = client.read(peer, true).await
+            {
+                read = Some(result.events);
+            } else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        finals.push(read);
+    }
+    finals
+}
