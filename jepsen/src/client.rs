@@ -13,7 +13,8 @@ use anyhow::Context;
 use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 use vigo_proto::admin::admin_client::AdminClient;
-use vigo_proto::admin::{CreateTokenRequest, PublishStackRequest, ReadHistoryRequest};
+use vigo_proto::admin::{CreateTokenRequest, PublishStackRequest, ReadHistoryRequest, RevokeEnvoyRequest};
+use vigo_proto::agent::agent_client::AgentClient;
 use vigo_proto::events::EventEnvelope;
 use vigo_proto::events::event::Kind;
 
@@ -25,6 +26,7 @@ pub const OP_TIMEOUT: Duration = Duration::from_secs(3);
 /// A connection to one peer.
 pub struct Client {
     admin: AdminClient<Channel>,
+    agent: AgentClient<Channel>,
 }
 
 /// The admin TLS configuration from a credentials folder.
@@ -39,8 +41,8 @@ impl Client {
     /// Connects to the peer at `addr`.
     pub async fn connect(addr: &str, tls: std::sync::Arc<rustls::ClientConfig>) -> anyhow::Result<Self> {
         let channel = vigo_proto::tls::connect(addr, tls, OP_TIMEOUT).await?;
-        let admin = AdminClient::new(channel).max_decoding_message_size(256 << 20);
-        Ok(Client { admin })
+        let admin = AdminClient::new(channel.clone()).max_decoding_message_size(256 << 20);
+        Ok(Client { admin, agent: AgentClient::new(channel) })
     }
 
     /// Publishes a stack whose content names `tag`; the write is known by the archive's hash.
@@ -59,24 +61,59 @@ impl Client {
         (write, outcome)
     }
 
-    /// Creates a token. The server makes its secret, so a token whose answer was lost is known
+    /// Creates a token and returns it too (an enrollment uses it). The server makes its secret, so a token whose answer was lost is known
     /// by no key (empty): the checkers allow as many unclaimed tokens as such writes.
-    pub async fn create_token(&mut self) -> (Write, Outcome) {
+    pub async fn create_token(&mut self) -> (Write, Outcome, Option<String>) {
         let request = CreateTokenRequest { uses: 1, ttl_s: 0, join: false };
+        let unknown = Write::Token { key: String::new() };
         match tokio::time::timeout(OP_TIMEOUT, self.admin.create_token(request)).await {
-            Ok(Ok(reply)) => match token_key(&reply.into_inner().token) {
-                Some(key) => (Write::Token { key }, Outcome::Ok { index: None, read: None }),
-                None => (
-                    Write::Token { key: String::new() },
-                    Outcome::Unknown { reason: "the answer holds no token this client can read".into() },
-                ),
-            },
-            Ok(Err(status)) => (Write::Token { key: String::new() }, outcome_of(&status)),
-            Err(_) => (
-                Write::Token { key: String::new() },
-                Outcome::Unknown { reason: format!("no answer within {OP_TIMEOUT:?}") },
-            ),
+            Ok(Ok(reply)) => {
+                let token = reply.into_inner().token;
+                match token_key(&token) {
+                    Some(key) => (Write::Token { key }, Outcome::Ok { index: None, read: None }, Some(token)),
+                    None => (
+                        unknown,
+                        Outcome::Unknown { reason: "the answer holds no token this client can read".into() },
+                        None,
+                    ),
+                }
+            }
+            Ok(Err(status)) => (unknown, outcome_of(&status), None),
+            Err(_) => (unknown, Outcome::Unknown { reason: format!("no answer within {OP_TIMEOUT:?}") }, None),
         }
+    }
+
+    /// Enrolls an envoy named `hostname` with a fresh key, using `token` (one this client
+    /// created). Answers with the envoy id when it enrolled.
+    pub async fn enroll(&mut self, token: &str, hostname: &str, seed: [u8; 32]) -> (Write, Outcome, Option<String>) {
+        use ed25519_dalek::Signer;
+        let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+        let pubkey = key.verifying_key().to_bytes();
+        let proof = key.sign(&vigo_proto::signing::enroll_bytes(token, hostname, &pubkey)).to_bytes().to_vec();
+        let request = vigo_proto::agent::EnrollRequest {
+            token: token.to_string(),
+            hostname: hostname.to_string(),
+            pubkey: pubkey.to_vec(),
+            proof,
+        };
+        let write = Write::Enroll { key: hostname.to_string() };
+        match tokio::time::timeout(OP_TIMEOUT, self.agent.enroll(request)).await {
+            Ok(Ok(reply)) => (write, Outcome::Ok { index: None, read: None }, Some(reply.into_inner().envoy_id)),
+            Ok(Err(status)) => (write, outcome_of(&status), None),
+            Err(_) => (write, Outcome::Unknown { reason: format!("no answer within {OP_TIMEOUT:?}") }, None),
+        }
+    }
+
+    /// Revokes the envoy `envoy_id`.
+    pub async fn revoke(&mut self, envoy_id: &str) -> (Write, Outcome) {
+        let write = Write::Revoke { key: format!("revoked:{envoy_id}") };
+        let request = RevokeEnvoyRequest { envoy: envoy_id.to_string(), reason: "jepsen".into() };
+        let outcome = match tokio::time::timeout(OP_TIMEOUT, self.admin.revoke_envoy(request)).await {
+            Ok(Ok(reply)) => Outcome::Ok { index: Some(reply.into_inner().index), read: None },
+            Ok(Err(status)) => outcome_of(&status),
+            Err(_) => Outcome::Unknown { reason: format!("no answer within {OP_TIMEOUT:?}") },
+        };
+        (write, outcome)
     }
 
     /// Reads this peer's whole history; linearizable when asked (through the leader).
@@ -133,8 +170,8 @@ pub fn event_of(env: &EventEnvelope) -> Event {
     let (kind, key) = match env.event.as_ref().and_then(|e| e.kind.as_ref()) {
         Some(Kind::StackPublished(s)) => ("StackPublished", hex::encode(&s.sha256)),
         Some(Kind::TokenCreated(t)) => ("TokenCreated", hex::encode(&t.token_sha256)),
-        Some(Kind::EnvoyEnrolled(_)) => ("EnvoyEnrolled", String::new()),
-        Some(Kind::EnvoyRevoked(_)) => ("EnvoyRevoked", String::new()),
+        Some(Kind::EnvoyEnrolled(e)) => ("EnvoyEnrolled", e.hostname.clone()),
+        Some(Kind::EnvoyRevoked(r)) => ("EnvoyRevoked", format!("revoked:{}", r.envoy_id)),
         Some(Kind::ClusterKeysSealed(_)) => ("ClusterKeysSealed", String::new()),
         Some(Kind::PeerAdmitted(_)) => ("PeerAdmitted", String::new()),
         Some(Kind::PeerRemoved(_)) => ("PeerRemoved", String::new()),

@@ -19,13 +19,23 @@ pub enum Write {
         /// Hex SHA-256 of the secret.
         key: String,
     },
+    /// An envoy enrollment; `key` is the hostname it enrolled with (unique in a run).
+    Enroll {
+        /// The hostname.
+        key: String,
+    },
+    /// A revocation; `key` is `revoked:<envoy id>`.
+    Revoke {
+        /// `revoked:` and the envoy id.
+        key: String,
+    },
 }
 
 impl Write {
     /// The key its event carries.
     pub fn key(&self) -> &str {
         match self {
-            Write::Publish { key } | Write::Token { key } => key,
+            Write::Publish { key } | Write::Token { key } | Write::Enroll { key } | Write::Revoke { key } => key,
         }
     }
 }

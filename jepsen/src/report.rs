@@ -20,6 +20,8 @@ pub fn counts(h: &History) -> serde_json::Value {
             OpKind::Write(w) => match w {
                 crate::history::Write::Publish { .. } => "publish",
                 crate::history::Write::Token { .. } => "token",
+                crate::history::Write::Enroll { .. } => "enroll",
+                crate::history::Write::Revoke { .. } => "revoke",
             },
             OpKind::Read { .. } => "read",
         };

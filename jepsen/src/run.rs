@@ -123,6 +123,16 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<History> {
     })
 }
 
+/// What a client does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plan {
+    Publish,
+    Token,
+    Enroll,
+    Revoke,
+    Read,
+}
+
 /// One client: one operation at a time, each against a peer chosen by the seed.
 struct Worker {
     client: u32,
@@ -139,6 +149,8 @@ impl Worker {
         let mut rng =
             StdRng::seed_from_u64(self.seed ^ (u64::from(self.client) + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let mut connections: Vec<Option<Client>> = self.addrs.iter().map(|_| None).collect();
+        // Tokens this client created and has not used, envoys it enrolled and has not revoked.
+        let (mut tokens, mut envoys): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
         let mut n = 0u64;
         while Instant::now() < end {
             let peer = rng.random_range(0..self.addrs.len());
@@ -153,25 +165,55 @@ impl Worker {
                 },
             };
             let tag = format!("seed {} client {} op {n}", self.seed, self.client);
-            let (kind, outcome) = match (connection, choice) {
+            let hostname = format!("s{}-c{}-n{n}", self.seed, self.client);
+            let envoy_seed: [u8; 32] = rng.random();
+            // What to do: a write of some kind or a read. An enrollment needs a token this client
+            // holds, a revocation an envoy it enrolled; without one it makes one first.
+            let plan = match choice {
+                0..=2 => Plan::Publish,
+                3..=4 => Plan::Token,
+                5 if !tokens.is_empty() => Plan::Enroll,
+                5 => Plan::Token,
+                6 if !envoys.is_empty() => Plan::Revoke,
+                6 => Plan::Publish,
+                _ => Plan::Read,
+            };
+            let (kind, outcome) = match connection {
                 // Never sent: it cannot have taken effect.
-                (Err(e), _) => {
-                    let kind = match choice {
-                        0..=3 => OpKind::Write(Write::Publish { key: crate::client::publish_key(&tag) }),
-                        4..=6 => OpKind::Write(Write::Token { key: String::new() }),
-                        _ => OpKind::Read { peer },
+                Err(e) => {
+                    let write = match plan {
+                        Plan::Publish => Write::Publish { key: crate::client::publish_key(&tag) },
+                        Plan::Token => Write::Token { key: String::new() },
+                        Plan::Enroll => Write::Enroll { key: hostname.clone() },
+                        Plan::Revoke => Write::Revoke { key: format!("revoked:{}", envoys[0]) },
+                        Plan::Read => Write::Token { key: String::new() },
                     };
+                    let kind = if plan == Plan::Read { OpKind::Read { peer } } else { OpKind::Write(write) };
                     (kind, Outcome::Failed { reason: format!("not sent: {e:#}") })
                 }
-                (Ok(client), 0..=3) => {
-                    let (write, outcome) = client.publish(&tag).await;
-                    (OpKind::Write(write), outcome)
-                }
-                (Ok(client), 4..=6) => {
-                    let (write, outcome) = client.create_token().await;
-                    (OpKind::Write(write), outcome)
-                }
-                (Ok(client), _) => (OpKind::Read { peer }, client.read(peer, true).await),
+                Ok(client) => match plan {
+                    Plan::Publish => {
+                        let (write, outcome) = client.publish(&tag).await;
+                        (OpKind::Write(write), outcome)
+                    }
+                    Plan::Token => {
+                        let (write, outcome, token) = client.create_token().await;
+                        tokens.extend(token);
+                        (OpKind::Write(write), outcome)
+                    }
+                    Plan::Enroll => {
+                        let token = tokens.remove(0);
+                        let (write, outcome, envoy_id) = client.enroll(&token, &hostname, envoy_seed).await;
+                        envoys.extend(envoy_id);
+                        (OpKind::Write(write), outcome)
+                    }
+                    Plan::Revoke => {
+                        let envoy_id = envoys.remove(0);
+                        let (write, outcome) = client.revoke(&envoy_id).await;
+                        (OpKind::Write(write), outcome)
+                    }
+                    Plan::Read => (OpKind::Read { peer }, client.read(peer, true).await),
+                },
             };
             if !matches!(outcome, Outcome::Ok { .. }) {
                 // Start afresh with this peer next time: the connection may be what failed.
