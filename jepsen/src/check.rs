@@ -167,15 +167,22 @@ pub fn phantom_writes(h: &History) -> Vec<Violation> {
 /// Checker `chain`: every history served (each peer's final history, each successful read) is a
 /// well-formed hash chain, and all of them are prefixes of one history.
 ///
+/// Final histories are held whole and checked event by event. A read is recorded only by its
+/// length, its last hash and whether the client found its events one hash chain from index 1;
+/// a well-formed read is a prefix of the reference history exactly when it is no longer than
+/// it and its last hash is the reference's hash at that index (the hashes chain, so the last
+/// one vouches for every event before it).
+///
 /// Two histories that disagree at some index mean two different entries were committed at the
 /// same index: the replicated log forked.
 pub fn chain(h: &History) -> Vec<Violation> {
-    let served = served_histories(h);
+    let finals = final_histories(h);
     let mut details = Vec::new();
-    for (source, events) in &served {
+    for (source, events) in &finals {
         details.extend(chain_breaks(*source, events));
     }
-    details.extend(forks(&served));
+    details.extend(forks(&finals));
+    details.extend(read_forks(h));
     capped(CHAIN, details)
 }
 
@@ -212,10 +219,12 @@ pub fn converged(h: &History) -> Vec<Violation> {
 /// real time, and every successful read returned the history as it stood at some instant
 /// between its invocation and completion.
 ///
-/// Constraints are checked against running maxima over operations sorted by completion time,
-/// so the cost is O(n log n) in the number of operations plus the size of the reads.
+/// Constraints are checked against running maxima over operations sorted by completion time
+/// and over positions of the reference history, so the cost is O(n log n) in the number of
+/// operations plus O(n) in the length of the reference history.
 pub fn linearizable(h: &History) -> Vec<Violation> {
-    let positions = reference_history(h).map(|(_, events)| first_positions(events)).unwrap_or_default();
+    let reference = reference_history(h).map(|(_, events)| events).unwrap_or_default();
+    let positions = first_positions(reference);
     let placed: Vec<PlacedWrite<'_>> = placed_writes(h, &positions);
     let acknowledged = MaxBefore::new(
         placed
@@ -231,7 +240,7 @@ pub fn linearizable(h: &History) -> Vec<Violation> {
     details.extend(answered_indexes(&placed));
     details.extend(reads_without_result(h));
     details.extend(stale_reads(&reads, &acknowledged));
-    details.extend(reads_from_the_future(h, &reads));
+    details.extend(reads_from_the_future(h, reference, &reads));
     details.extend(reads_going_back(&reads));
     capped(LINEARIZABLE, details)
 }
@@ -378,20 +387,13 @@ impl fmt::Display for Source {
     }
 }
 
-/// Every history a peer served: final histories first, the reference leading, then reads in
-/// the order they completed. Comparing in this order names the odd one out, not the reference.
-fn served_histories(h: &History) -> Vec<(Source, &[Event])> {
+/// Every final history that could be read, the reference leading. Comparing in this order
+/// names the odd one out, not the reference.
+fn final_histories(h: &History) -> Vec<(Source, &[Event])> {
     let reference = reference_history(h).map(|(peer, _)| peer);
-    let mut served: Vec<(Source, &[Event])> = Vec::new();
     let finals = h.finals.iter().enumerate().filter_map(|(peer, events)| Some((peer, events.as_deref()?)));
     let (leading, others): (Vec<_>, Vec<_>) = finals.partition(|(peer, _)| Some(*peer) == reference);
-    for (peer, events) in leading.into_iter().chain(others) {
-        served.push((Source::Final { peer }, events));
-    }
-    for (op, read) in successful_reads(h) {
-        served.push((Source::Read { op: op.id, peer: read.peer }, &read.events));
-    }
-    served
+    leading.into_iter().chain(others).map(|(peer, events)| (Source::Final { peer }, events)).collect()
 }
 
 /// Where one history is not a well-formed chain: the first index out of sequence and the first
@@ -443,6 +445,40 @@ fn forks(served: &[(Source, &[Event])]) -> Vec<String> {
                 let tail = events.get(spine.len()..).unwrap_or_default();
                 spine.extend(tail.iter().map(|event| (event, *source)));
             }
+        }
+    }
+    details
+}
+
+/// Successful reads whose events were not one hash chain, or that are not a prefix of the
+/// reference history, in the order they completed. Without a reference there is nothing to
+/// compare reads with (`lost-writes` reports that).
+fn read_forks(h: &History) -> Vec<String> {
+    let reference = reference_history(h);
+    let mut details = Vec::new();
+    for (op, read) in successful_reads(h) {
+        let source = Source::Read { op: op.id, peer: read.peer };
+        if let Some(error) = &read.chain_error {
+            details.push(format!("{source}: the events it returned are not one hash chain from index 1: {error}"));
+            continue;
+        }
+        let Some((reference_peer, reference)) = reference else { continue };
+        if read.len > reference.len() as u64 {
+            details.push(format!(
+                "{source} returned {} events, more than any peer holds at the end (peer {reference_peer} holds {})",
+                read.len,
+                reference.len()
+            ));
+        } else if let Some(agreed) = read.len.checked_sub(1).and_then(|last| reference.get(last as usize))
+            && agreed.hash != read.last_hash
+        {
+            details.push(format!(
+                "{source} diverges from peer {reference_peer}'s final history at index {}: \
+                 hash {} there, {} at the end of the read",
+                read.len,
+                short(&agreed.hash),
+                short(&read.last_hash)
+            ));
         }
     }
     details
@@ -589,7 +625,7 @@ fn reads_without_result(h: &History) -> Vec<String> {
 fn stale_reads(reads: &[(&Op, &ReadResult)], acknowledged: &MaxBefore<&Op>) -> Vec<String> {
     let mut details = Vec::new();
     for (read_op, read) in reads {
-        let length = read.events.len() as u64;
+        let length = read.len;
         if let Some((position, write)) = acknowledged.before(read_op.invoke_us)
             && position > length
         {
@@ -604,7 +640,11 @@ fn stale_reads(reads: &[(&Op, &ReadResult)], acknowledged: &MaxBefore<&Op>) -> V
 }
 
 /// A read cannot contain a write that was invoked after the read completed.
-fn reads_from_the_future(h: &History, reads: &[(&Op, &ReadResult)]) -> Vec<String> {
+///
+/// A read of length L returned the writes at positions 1..=L of the reference history (`chain`
+/// reports a read that is not a prefix of it). `latest[i]` is, among the client events at
+/// positions up to i, the one whose write was first invoked latest, so each read is one lookup.
+fn reads_from_the_future(h: &History, reference: &[Event], reads: &[(&Op, &ReadResult)]) -> Vec<String> {
     let mut first_invoked: HashMap<&str, &Op> = HashMap::new();
     for (op, key) in writes(h) {
         first_invoked
@@ -616,13 +656,24 @@ fn reads_from_the_future(h: &History, reads: &[(&Op, &ReadResult)]) -> Vec<Strin
             })
             .or_insert(op);
     }
+    let mut latest: Vec<Option<(&Op, &Event)>> = Vec::with_capacity(reference.len() + 1);
+    latest.push(None);
+    for event in reference {
+        let before = latest.last().copied().flatten();
+        let here = if event.key.is_empty() { None } else { first_invoked.get(event.key.as_str()).copied() };
+        let running = match (before, here) {
+            (Some((max, _)), Some(write)) if max.invoke_us >= write.invoke_us => before,
+            (_, Some(write)) => Some((write, event)),
+            (_, None) => before,
+        };
+        latest.push(running);
+    }
     let mut details = Vec::new();
     for (read_op, read) in reads {
-        let future = client_keys(&read.events).find_map(|event| {
-            let write = first_invoked.get(event.key.as_str())?;
-            (write.invoke_us > read_op.complete_us).then_some((event, write))
-        });
-        if let Some((event, write)) = future {
+        let seen = usize::try_from(read.len).unwrap_or(usize::MAX).min(reference.len());
+        if let Some((write, event)) = latest[seen]
+            && write.invoke_us > read_op.complete_us
+        {
             details.push(format!(
                 "read op {} (of peer {}) completed at {}µs but contains write op {} at index {}, \
                  invoked later at {}µs",
@@ -635,11 +686,10 @@ fn reads_from_the_future(h: &History, reads: &[(&Op, &ReadResult)]) -> Vec<Strin
 
 /// A read that began after another read completed cannot return a shorter history.
 fn reads_going_back(reads: &[(&Op, &ReadResult)]) -> Vec<String> {
-    let earlier_reads =
-        MaxBefore::new(reads.iter().map(|(op, read)| (op.complete_us, read.events.len() as u64, *op)).collect());
+    let earlier_reads = MaxBefore::new(reads.iter().map(|(op, read)| (op.complete_us, read.len, *op)).collect());
     let mut details = Vec::new();
     for (read_op, read) in reads {
-        let length = read.events.len() as u64;
+        let length = read.len;
         if let Some((earlier_length, earlier)) = earlier_reads.before(read_op.invoke_us)
             && earlier_length > length
         {
@@ -709,7 +759,7 @@ mod tests {
             kind: OpKind::Read { peer },
             invoke_us,
             complete_us,
-            outcome: Outcome::Ok { index: None, read: Some(ReadResult { peer, events }) },
+            outcome: Outcome::Ok { index: None, read: Some(ReadResult::of(peer, &events)) },
         }
     }
 
@@ -763,9 +813,9 @@ mod tests {
         h.ops.iter_mut().find(|op| op.id == id).expect("op exists")
     }
 
-    fn read_events_mut(h: &mut History, id: u64) -> &mut Vec<Event> {
+    fn read_mut(h: &mut History, id: u64) -> &mut ReadResult {
         match &mut op_mut(h, id).outcome {
-            Outcome::Ok { read: Some(read), .. } => &mut read.events,
+            Outcome::Ok { read: Some(read), .. } => read,
             _ => panic!("op {id} is not a successful read"),
         }
     }
@@ -897,8 +947,10 @@ mod tests {
     #[test]
     fn chain_reports_a_first_event_not_linked_to_genesis() {
         let mut h = valid();
-        read_events_mut(&mut h, 4)[0].prev_hash = key(1);
-        assert_reports(&h, &[CHAIN], CHAIN, &["read op 4", "index 1"]);
+        let mut unlinked = events(&entries())[..4].to_vec();
+        unlinked[0].prev_hash = key(1);
+        *read_mut(&mut h, 4) = ReadResult::of(0, &unlinked);
+        assert_reports(&h, &[CHAIN], CHAIN, &["read op 4 (of peer 0)", "not one hash chain", "index 1"]);
     }
 
     #[test]
@@ -923,8 +975,22 @@ mod tests {
         let mut forked = entries();
         forked[4] = ("PeerAdmitted", String::new());
         let mut h = valid();
-        *read_events_mut(&mut h, 7) = events(&forked)[..7].to_vec();
-        assert_reports(&h, &[CHAIN], CHAIN, &["read op 7 (of peer 1) diverges", "at index 5"]);
+        *read_mut(&mut h, 7) = ReadResult::of(1, &events(&forked)[..7]);
+        assert_reports(&h, &[CHAIN], CHAIN, &["read op 7 (of peer 1) diverges from peer 0's", "at index 7"]);
+    }
+
+    #[test]
+    fn chain_reports_a_read_longer_than_every_final_history() {
+        let mut longer = entries();
+        longer.push(("TokenCreated", key(9)));
+        let mut h = valid();
+        h.ops.push(read(13, 3, 2, (1500, 1600), events(&longer)));
+        assert_reports(
+            &h,
+            &[CHAIN],
+            CHAIN,
+            &["read op 13 (of peer 2) returned 9 events, more than any peer holds at the end"],
+        );
     }
 
     #[test]
@@ -982,6 +1048,9 @@ mod tests {
         let read_op = op_mut(&mut h, 4);
         (read_op.invoke_us, read_op.complete_us) = (110, 140);
         assert_reports(&h, &[LINEARIZABLE], LINEARIZABLE, &["read op 4", "contains write op 2 at index 4"]);
+        // One event shorter, it stops before op 2's token: only op 1's publish, invoked at 100.
+        *read_mut(&mut h, 4) = ReadResult::of(0, &events(&entries())[..3]);
+        assert!(check_all(&h).ok(), "{}", check_all(&h).summary());
     }
 
     #[test]

@@ -116,10 +116,15 @@ impl Client {
         (write, outcome)
     }
 
+    /// This peer's whole history, linearizable (through the leader): what the final reads keep.
+    pub async fn read_events(&mut self) -> Option<Vec<Event>> {
+        tokio::time::timeout(OP_TIMEOUT, self.read_all(true)).await.ok()?.ok()
+    }
+
     /// Reads this peer's whole history; linearizable when asked (through the leader).
     pub async fn read(&mut self, peer: usize, linearizable: bool) -> Outcome {
         match tokio::time::timeout(OP_TIMEOUT, self.read_all(linearizable)).await {
-            Ok(Ok(events)) => Outcome::Ok { index: None, read: Some(ReadResult { peer, events }) },
+            Ok(Ok(events)) => Outcome::Ok { index: None, read: Some(ReadResult::of(peer, &events)) },
             Ok(Err(status)) => outcome_of(&status),
             Err(_) => Outcome::Unknown { reason: format!("no answer within {OP_TIMEOUT:?}") },
         }

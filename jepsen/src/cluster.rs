@@ -1,6 +1,7 @@
 //! The peers of a run as real `vigosrv` processes on loopback: founding one, joining the others
-//! to it, and the process-level faults — `kill -9` and restart on the same address and data,
-//! `SIGSTOP` and `SIGCONT`. Every peer is killed when the cluster is dropped.
+//! to it, and the faults — `kill -9` and restart on the same address and data, `SIGSTOP` and
+//! `SIGCONT`, and partitions through the proxies in front of the peers (`proxy.rs`). Every
+//! peer is killed and every partition healed when the cluster is dropped.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -9,12 +10,17 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+use crate::proxy::{Proxy, peer_ip};
+
 /// One peer.
 pub struct Peer {
     /// Its data dir.
     pub dir: PathBuf,
-    /// host:port it serves on (fixed once chosen: restarts reuse it).
+    /// host:port everyone reaches it at: its proxy's address, which it advertises.
     pub addr: String,
+    /// host:port it listens on itself (fixed once chosen: restarts reuse it).
+    listen: String,
+    proxy: Proxy,
     child: Option<Child>,
     paused: bool,
 }
@@ -30,6 +36,8 @@ impl Peer {
 pub struct Cluster {
     vigosrv: PathBuf,
     vigocli: PathBuf,
+    /// The join token the peers after the first share.
+    token: Option<String>,
     /// The peers, in the order they joined; peer 0 founded the cluster.
     pub peers: Vec<Peer>,
 }
@@ -39,20 +47,31 @@ pub struct Cluster {
 const START_WAIT: Duration = Duration::from_secs(60);
 
 impl Cluster {
-    /// Starts `n` peers under `dir`: peer 0 founds the cluster, the others join it.
-    pub fn start(vigosrv: &Path, vigocli: &Path, dir: &Path, n: usize) -> anyhow::Result<Self> {
-        let mut cluster = Cluster { vigosrv: vigosrv.to_path_buf(), vigocli: vigocli.to_path_buf(), peers: Vec::new() };
-        let first = dir.join("peer-0");
-        let (child, addr) = cluster.spawn(&first, "127.0.0.1:0", &[])?;
-        cluster.peers.push(Peer { dir: first, addr, child: Some(child), paused: false });
-        if n > 1 {
-            let token = cluster.join_token(n - 1)?;
-            for i in 1..n {
-                let peer_dir = dir.join(format!("peer-{i}"));
-                let via = cluster.peers[0].addr.clone();
-                let (child, addr) = cluster.spawn(&peer_dir, "127.0.0.1:0", &["--join", &via, "--token", &token])?;
-                cluster.peers.push(Peer { dir: peer_dir, addr, child: Some(child), paused: false });
-            }
+    /// Starts one peer per proxy under `dir`: peer 0 founds the cluster, the others join it.
+    /// Peer `i` listens on its own loopback address ([`peer_ip`]) and advertises proxy `i`.
+    pub fn start(vigosrv: &Path, vigocli: &Path, dir: &Path, proxies: Vec<Proxy>) -> anyhow::Result<Self> {
+        let mut cluster =
+            Cluster { vigosrv: vigosrv.to_path_buf(), vigocli: vigocli.to_path_buf(), token: None, peers: Vec::new() };
+        let n = proxies.len();
+        for (i, proxy) in proxies.into_iter().enumerate() {
+            // The port is chosen here, so the proxy forwards to it before the peer starts: a
+            // joining peer is replicated to (through its proxy) before it reports it listens.
+            let listen = std::net::TcpListener::bind((peer_ip(i), 0))?.local_addr()?.to_string();
+            proxy.target(listen.parse()?);
+            let peer_dir = dir.join(format!("peer-{i}"));
+            let addr = proxy.addr.to_string();
+            let extra: Vec<String> = if i == 0 {
+                Vec::new()
+            } else {
+                let token = match &cluster.token {
+                    Some(token) => token.clone(),
+                    None => cluster.token.insert(cluster.join_token(n - 1)?).clone(),
+                };
+                vec!["--join".into(), cluster.peers[0].addr.clone(), "--token".into(), token]
+            };
+            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+            let child = cluster.spawn(&peer_dir, &listen, &addr, &extra)?;
+            cluster.peers.push(Peer { dir: peer_dir, addr, listen, proxy, child: Some(child), paused: false });
         }
         Ok(cluster)
     }
@@ -80,14 +99,15 @@ impl Cluster {
         Ok(String::from_utf8(out.stdout)?.trim().to_string())
     }
 
-    /// Starts `vigosrv` on `dir` and `listen`; returns it with the address it listens on.
-    fn spawn(&self, dir: &Path, listen: &str, extra: &[&str]) -> anyhow::Result<(Child, String)> {
+    /// Starts `vigosrv` on `dir`, listening on `listen` and advertising `advertise`; returns once
+    /// it listens.
+    fn spawn(&self, dir: &Path, listen: &str, advertise: &str, extra: &[&str]) -> anyhow::Result<Child> {
         std::fs::create_dir_all(dir)?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.with_extension("log"))?;
         let mut child = Command::new(&self.vigosrv)
             .args(["run", "--data-dir"])
             .arg(dir)
-            .args(["--listen", listen, "--check-in-interval", "5"])
+            .args(["--listen", listen, "--advertise", advertise, "--check-in-interval", "5"])
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -104,7 +124,7 @@ impl Cluster {
             }
         });
         match rx.recv_timeout(START_WAIT) {
-            Ok(addr) => Ok((child, addr)),
+            Ok(_) => Ok(child),
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -131,8 +151,8 @@ impl Cluster {
         if self.peers[i].child.is_some() {
             return Ok(());
         }
-        let (dir, addr) = (self.peers[i].dir.clone(), self.peers[i].addr.clone());
-        let (child, _) = self.spawn(&dir, &addr, &[])?;
+        let (dir, listen, addr) = (self.peers[i].dir.clone(), self.peers[i].listen.clone(), self.peers[i].addr.clone());
+        let child = self.spawn(&dir, &listen, &addr, &[])?;
         self.peers[i].child = Some(child);
         Ok(())
     }
@@ -156,8 +176,28 @@ impl Cluster {
         }
     }
 
-    /// Ends every fault: resumes paused peers and restarts killed ones.
+    /// Cuts the peers in `side` off from every other peer, both ways (clients still reach all).
+    pub fn partition(&mut self, side: &[usize]) {
+        let others: Vec<usize> = (0..self.peers.len()).filter(|i| !side.contains(i)).collect();
+        let ips = |peers: &[usize]| peers.iter().map(|i| peer_ip(*i)).collect::<Vec<_>>();
+        for i in side {
+            self.peers[*i].proxy.block(&ips(&others));
+        }
+        for i in &others {
+            self.peers[*i].proxy.block(&ips(side));
+        }
+    }
+
+    /// Ends every partition.
+    pub fn heal_network(&mut self) {
+        for peer in &self.peers {
+            peer.proxy.heal();
+        }
+    }
+
+    /// Ends every fault: heals the network, resumes paused peers and restarts killed ones.
     pub fn heal(&mut self) -> anyhow::Result<()> {
+        self.heal_network();
         for i in 0..self.peers.len() {
             self.resume(i);
             self.restart(i)?;

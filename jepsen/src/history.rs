@@ -40,13 +40,45 @@ impl Write {
     }
 }
 
-/// A read of one peer's history (the audit log), as a client saw it.
+/// A read of one peer's history (the audit log), as a client saw it: not the events themselves
+/// (a run makes thousands of reads of a history thousands long), but how many there were, the
+/// hash of the last, and whether they formed one hash chain from index 1. Reads are prefixes of
+/// one history or they are not: the length and last hash say which, against the final ones.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReadResult {
     /// The peer read from.
     pub peer: usize,
-    /// The history it returned: its events in index order.
-    pub events: Vec<Event>,
+    /// How many events it returned.
+    pub len: u64,
+    /// Hash of the last of them (empty when none).
+    pub last_hash: String,
+    /// Why the events returned were not one hash chain from index 1, when they were not.
+    pub chain_error: Option<String>,
+}
+
+impl ReadResult {
+    /// What a read of `events` from `peer` is recorded as.
+    pub fn of(peer: usize, events: &[Event]) -> Self {
+        let mut chain_error = None;
+        let mut prev = "0".repeat(64);
+        for (position, event) in events.iter().enumerate() {
+            if event.index != position as u64 + 1 {
+                chain_error = Some(format!("event {} has index {}", position + 1, event.index));
+                break;
+            }
+            if event.prev_hash != prev {
+                chain_error = Some(format!("event at index {} does not link to the one before", event.index));
+                break;
+            }
+            prev.clone_from(&event.hash);
+        }
+        ReadResult {
+            peer,
+            len: events.len() as u64,
+            last_hash: events.last().map(|e| e.hash.clone()).unwrap_or_default(),
+            chain_error,
+        }
+    }
 }
 
 /// What a client asked for.

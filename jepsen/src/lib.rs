@@ -11,5 +11,6 @@ pub mod check;
 pub mod client;
 pub mod cluster;
 pub mod history;
+pub mod proxy;
 pub mod report;
 pub mod run;

@@ -110,13 +110,18 @@ pub fn timeline(h: &History) -> String {
         let ends = match fault.what.as_str() {
             "kill" => "restart",
             "pause" => "resume",
+            "partition" => "heal-partition",
             _ => continue,
         };
         let until = h.faults[i + 1..]
             .iter()
             .find(|f| (f.what == ends || f.what == "heal") && f.peers.iter().any(|p| fault.peers.contains(p)))
             .map_or(end_us, |f| f.at_us);
-        let colour = if fault.what == "kill" { "#6a1b9a" } else { "#0277bd" };
+        let colour = match fault.what.as_str() {
+            "kill" => "#6a1b9a",
+            "pause" => "#0277bd",
+            _ => "#f9a825",
+        };
         for p in &fault.peers {
             let y = base + *p as f64 * row + 4.0;
             let (x0, x1) = (x(fault.at_us), x(until));
@@ -138,7 +143,7 @@ pub fn timeline(h: &History) -> String {
     }
     let _ = writeln!(
         svg,
-        "<text x=\"{left}\" y=\"{}\">ok · failed · unknown (green · red · orange); kill · pause (purple · blue); dashed: heal</text>",
+        "<text x=\"{left}\" y=\"{}\">ok · failed · unknown (green · red · orange); kill · pause · partition (purple · blue · yellow); dashed: heal</text>",
         height - 8.0
     );
     svg.push_str("</svg>\n");

@@ -28,6 +28,10 @@ pub enum FaultKind {
     KillLeader,
     /// `SIGSTOP` a peer, `SIGCONT` it later.
     Pause,
+    /// Cut one peer off from the others (a minority of one), heal later.
+    Partition,
+    /// Cut the leader off from the others, heal later.
+    PartitionLeader,
 }
 
 /// How to run.
@@ -64,7 +68,12 @@ fn us(start: Instant) -> u64 {
 
 /// Runs the whole schedule and returns what happened.
 pub async fn run(config: &RunConfig) -> anyhow::Result<History> {
-    let cluster = Cluster::start(&config.vigosrv, &config.vigocli, &config.work_dir, config.peers)?;
+    let mut proxies = Vec::new();
+    for i in 0..config.peers {
+        proxies.push(crate::proxy::Proxy::start(crate::proxy::peer_ip(i)).await?);
+    }
+    let cluster =
+        tokio::task::block_in_place(|| Cluster::start(&config.vigosrv, &config.vigocli, &config.work_dir, proxies))?;
     let addrs = cluster.addrs();
     let tls = crate::client::tls(&cluster.creds())?;
     let cluster = Arc::new(Mutex::new(cluster));
@@ -259,7 +268,7 @@ fn nemesis(
         std::thread::sleep(gap);
         let kind = config.faults[rng.random_range(0..config.faults.len())];
         let mut peer = rng.random_range(0..addrs.len());
-        if kind == FaultKind::KillLeader
+        if matches!(kind, FaultKind::KillLeader | FaultKind::PartitionLeader)
             && let Some(leader) = leader(&config.vigocli, addrs, &cluster.lock().expect("cluster lock").creds())
         {
             peer = leader;
@@ -271,6 +280,13 @@ fn nemesis(
                 std::thread::sleep(length);
                 cluster.lock().expect("cluster lock").restart(peer)?;
                 record("restart", peer);
+            }
+            FaultKind::Partition | FaultKind::PartitionLeader => {
+                cluster.lock().expect("cluster lock").partition(&[peer]);
+                record("partition", peer);
+                std::thread::sleep(length);
+                cluster.lock().expect("cluster lock").heal_network();
+                record("heal-partition", peer);
             }
             FaultKind::Pause => {
                 cluster.lock().expect("cluster lock").pause(peer);
@@ -348,14 +364,14 @@ async fn final_reads(
     limit: Duration,
 ) -> Vec<Option<Vec<crate::history::Event>>> {
     let mut finals = Vec::new();
-    for (peer, addr) in addrs.iter().enumerate() {
+    for addr in addrs {
         let deadline = Instant::now() + limit;
         let mut read = None;
         while read.is_none() && Instant::now() < deadline {
             if let Ok(mut client) = Client::connect(addr, tls.clone()).await
-                && let Outcome::Ok { read: Some(result), .. } = client.read(peer, true).await
+                && let Some(events) = client.read_events().await
             {
-                read = Some(result.events);
+                read = Some(events);
             } else {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }

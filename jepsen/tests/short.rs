@@ -1,5 +1,5 @@
-//! The short schedule CI runs: three real `vigosrv` peers, six clients, kills (of any peer and of
-//! the leader) and pauses, then the heal, liveness and every checker. Binaries come from the
+//! The short schedule CI runs: three real `vigosrv` peers, four clients, kills, pauses and
+//! partitions (of any peer and of the leader), then the heal, liveness and every checker. Binaries come from the
 //! same target dir as the test (`cargo test --workspace` builds them first).
 
 use std::path::{Path, PathBuf};
@@ -17,7 +17,7 @@ fn bin_dir() -> PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_short_schedule_of_kills_and_pauses_breaks_no_invariant() {
+async fn a_short_schedule_of_kills_pauses_and_partitions_breaks_no_invariant() {
     let work = tempfile::tempdir().unwrap();
     let bins = bin_dir();
     let config = RunConfig {
@@ -28,7 +28,13 @@ async fn a_short_schedule_of_kills_and_pauses_breaks_no_invariant() {
         seed: 11,
         clients: 4,
         duration: Duration::from_secs(15),
-        faults: vec![FaultKind::Kill, FaultKind::KillLeader, FaultKind::Pause],
+        faults: vec![
+            FaultKind::Kill,
+            FaultKind::KillLeader,
+            FaultKind::Pause,
+            FaultKind::Partition,
+            FaultKind::PartitionLeader,
+        ],
         fault_gap: Duration::from_millis(1500),
         fault_length: Duration::from_secs(2),
         liveness: Duration::from_secs(20),
@@ -40,11 +46,9 @@ async fn a_short_schedule_of_kills_and_pauses_breaks_no_invariant() {
     assert!(report.ok(), "{}", vigo_jepsen::report::summary(&history, &report));
     // The run did what it claims: faults happened, writes were acknowledged through them,
     // and every peer was read at the end.
-    assert!(
-        history.faults.iter().filter(|f| f.what == "kill" || f.what == "pause").count() >= 3,
-        "{:?}",
-        history.faults
-    );
+    let injected = ["kill", "pause", "partition"];
+    let faults = history.faults.iter().filter(|f| injected.contains(&f.what.as_str())).count();
+    assert!(faults >= 3, "{:?}", history.faults);
     let acknowledged = history.ops.iter().filter(|op| matches!(op.outcome, Outcome::Ok { .. })).count();
     assert!(acknowledged > 50, "only {acknowledged} operations acknowledged");
     assert!(history.finals.iter().all(Option::is_some));

@@ -48,6 +48,7 @@ pub enum PeerError {
 #[derive(Clone, Default)]
 pub struct Peers {
     tls: Option<Arc<rustls::ClientConfig>>,
+    source: Option<std::net::IpAddr>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
@@ -60,8 +61,8 @@ impl std::fmt::Debug for Peers {
 impl Peers {
     /// Peers reached with `tls` (trusting the cluster CA, presenting this peer's certificate);
     /// `None` makes every call fail with [`PeerError::NoTransport`].
-    pub fn new(tls: Option<Arc<rustls::ClientConfig>>) -> Self {
-        Self { tls, channels: Arc::default() }
+    pub fn new(tls: Option<Arc<rustls::ClientConfig>>, source: Option<std::net::IpAddr>) -> Self {
+        Self { tls, source, channels: Arc::default() }
     }
 
     /// A client for the peer at `addr`, on its shared channel.
@@ -71,7 +72,7 @@ impl Peers {
         let channel = match channels.get(addr) {
             Some(channel) => channel.clone(),
             None => {
-                let channel = vigo_proto::tls::connect_lazy(addr, tls, limits::PEER_CONNECT_TIMEOUT)
+                let channel = vigo_proto::tls::connect_lazy(addr, self.source, tls, limits::PEER_CONNECT_TIMEOUT)
                     .map_err(|e| PeerError::Address { addr: addr.to_string(), reason: e.to_string() })?;
                 channels.insert(addr.to_string(), channel.clone());
                 channel
@@ -192,7 +193,7 @@ mod tests {
 
     #[tokio::test]
     async fn without_credentials_every_rpc_is_unreachable_and_says_why() {
-        let mut client = Network::new(Peers::new(None)).new_client(2, &BasicNode::new("10.0.0.2:1530")).await;
+        let mut client = Network::new(Peers::new(None, None)).new_client(2, &BasicNode::new("10.0.0.2:1530")).await;
         let rpc = VoteRequest::new(openraft::Vote::new(1, 1), None);
         let err = client.vote(rpc, RPCOption::new(Duration::from_secs(1))).await.unwrap_err();
         assert!(matches!(err, RPCError::Unreachable(_)));

@@ -43,6 +43,8 @@ pub struct PeerSetup {
     /// On an empty log: found a new single-voter cluster (`true`), or wait to be added to an
     /// existing one by its leader (`false`).
     pub bootstrap: bool,
+    /// The local address calls to other peers leave from; `None`: the system's choice.
+    pub source: Option<std::net::IpAddr>,
 }
 
 /// A running log node. `Send + Sync`; share it behind an `Arc`.
@@ -66,7 +68,7 @@ pub struct LogNode {
 impl LogNode {
     /// Opens (or creates) a single-voter log under `dir` with no peer transport.
     pub async fn open(dir: &Path, node_id: u64, addr: String) -> Result<LogNode, LogError> {
-        Self::open_peer(dir, PeerSetup { node_id, addr, tls: None, bootstrap: true }).await
+        Self::open_peer(dir, PeerSetup { node_id, addr, tls: None, bootstrap: true, source: None }).await
     }
 
     /// Opens (or creates) the log under `dir` (the database lives in `dir/log`).
@@ -81,7 +83,7 @@ impl LogNode {
         let (log_store, state_machine) = open_storage(&dir.join("log"))?;
         let projection = state_machine.projection();
         let history = state_machine.history();
-        let peers = Peers::new(setup.tls.clone());
+        let peers = Peers::new(setup.tls.clone(), setup.source);
         let network = Network::new(peers.clone());
         let raft = Raft::new(setup.node_id, Arc::new(raft_config()?), network, log_store, state_machine).await?;
         let batches = batch_proposals(raft.clone());

@@ -232,8 +232,13 @@ pub async fn connect_from(
 /// A gRPC channel to `addr` over TLS with `config` that connects on first use and reconnects
 /// after a failure by itself: what a peer keeps for each other peer, which may be down now and
 /// back later.
-pub fn connect_lazy(addr: &str, config: Arc<rustls::ClientConfig>, timeout: Duration) -> Result<Channel, TlsError> {
-    Ok(endpoint(addr, timeout)?.connect_with_connector_lazy(connector(None, config)))
+pub fn connect_lazy(
+    addr: &str,
+    source: Option<IpAddr>,
+    config: Arc<rustls::ClientConfig>,
+    timeout: Duration,
+) -> Result<Channel, TlsError> {
+    Ok(endpoint(addr, timeout)?.connect_with_connector_lazy(connector(source, config)))
 }
 
 fn endpoint(addr: &str, timeout: Duration) -> Result<Endpoint, TlsError> {

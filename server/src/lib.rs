@@ -47,6 +47,9 @@ pub struct RunConfig {
     pub data_dir: PathBuf,
     /// gRPC listen address.
     pub listen: SocketAddr,
+    /// The address other peers and envoys reach this one at, when it is not the listen address
+    /// (a wildcard listen address, NAT, a proxy in front).
+    pub advertise: Option<String>,
     /// Seconds between check-ins.
     pub check_in_interval_s: u32,
     /// HTTP status listener address, if any.
@@ -81,7 +84,8 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let listen = listener.local_addr()?.to_string();
+    let bound = listener.local_addr()?;
+    let listen = config.advertise.clone().unwrap_or_else(|| bound.to_string());
     let joining = !paths.is_initialized() && config.join.is_some();
     if !paths.is_initialized() {
         match &config.join {
@@ -103,6 +107,9 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 
         addr: listen.clone(),
         tls: Some(identity.peer_client_tls()?),
         bootstrap: founding,
+        // Calls to other peers leave from the address this one listens on (unless that is a
+        // wildcard), so they come from where the other peers know it to be.
+        source: Some(bound.ip()).filter(|ip| !ip.is_unspecified()),
     };
     let log = Arc::new(LogNode::open_peer(&config.data_dir, setup).await.context("cannot open the event log")?);
     let tls = ServerTlsConfig::new()
@@ -194,7 +201,10 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 
     };
 
     let max = limits::GRPC_MESSAGE_BYTES_MAX;
-    println!("vigosrv listening on {listen}");
+    println!("vigosrv listening on {bound}");
+    if listen != bound.to_string() {
+        println!("vigosrv advertised as {listen}");
+    }
     let _http = match config.http {
         Some(addr) => {
             let http = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;

@@ -28,6 +28,9 @@ enum Command {
         /// gRPC address for envoys and vigocli.
         #[arg(long, default_value = "127.0.0.1:1530")]
         listen: SocketAddr,
+        /// host:port other peers and envoys reach this peer at [default: the listen address].
+        #[arg(long)]
+        advertise: Option<String>,
         /// HTTP address serving `/healthz` and `/status`.
         #[arg(long)]
         http: Option<SocketAddr>,
@@ -78,6 +81,7 @@ fn main() {
         Command::Run {
             data_dir,
             listen,
+            advertise,
             http,
             check_in_interval,
             flush_interval,
@@ -92,6 +96,7 @@ fn main() {
                 vigo_server::RunConfig {
                     data_dir,
                     listen,
+                    advertise,
                     check_in_interval_s: check_in_interval,
                     http,
                     flush_interval,

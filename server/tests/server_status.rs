@@ -30,3 +30,19 @@ fn status_shows_the_single_voter_leading_and_its_indexes_moving() {
     assert!(text.starts_with("node 1 (leader, term "), "{text}");
     assert!(text.contains(&server.addr), "{text}");
 }
+
+#[test]
+fn the_advertised_address_is_the_one_peers_and_envoys_are_given() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let advertised = format!("localhost:{port}");
+    let server =
+        Server::start_with(&tmp.path().join("server"), &format!("127.0.0.1:{port}"), &["--advertise", &advertised]);
+    let status = server.cli_json(&["server", "status"]);
+    assert_eq!(status["members"][0]["addr"], advertised.as_str(), "{status}");
+    let out = support::enroll(&server, &server.token(), &tmp.path().join("envoy"), "web-1");
+    assert!(out.status.success(), "{}", support::text(&out));
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("envoy/identity/enrollment.json")).unwrap()).unwrap();
+    assert_eq!(meta["servers"], serde_json::json!([advertised]));
+}

@@ -1,7 +1,7 @@
 //! `jepsen`: runs real `vigosrv` peers under concurrent clients and injected faults, checks what
 //! was recorded, and writes the results folder. Exits non-zero when a checker finds a violation.
 //!
-//!   jepsen --seed 7 --duration 30 --faults kill,kill-leader,pause --results results/7
+//!   jepsen --seed 7 --duration 30 --faults kill,kill-leader,pause,partition,partition-leader --results results/7
 //!   jepsen --check results/7/history.json      # check a recorded history again
 
 use std::path::PathBuf;
@@ -27,7 +27,7 @@ struct Args {
     #[arg(long, default_value_t = 30.0)]
     duration: f64,
     /// Faults to inject, comma-separated; empty for none.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![FaultKind::Kill, FaultKind::KillLeader, FaultKind::Pause])]
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![FaultKind::Kill, FaultKind::KillLeader, FaultKind::Pause, FaultKind::Partition, FaultKind::PartitionLeader])]
     faults: Vec<FaultKind>,
     /// Mean seconds between faults.
     #[arg(long, default_value_t = 2.0)]
