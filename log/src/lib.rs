@@ -28,6 +28,7 @@ pub mod log_store;
 pub mod network;
 pub mod node;
 pub mod recovery;
+pub mod runtime;
 pub mod snapshot;
 pub mod state_machine;
 pub mod types;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::metrics::WaitError;
+use openraft::network::RaftNetworkFactory;
 use openraft::{BasicNode, ChangeMembers, Config, Raft, ServerState, SnapshotPolicy};
 use prost::Message as _;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -80,11 +81,21 @@ impl LogNode {
     /// up after [`limits::LEADER_WAIT`]); a member of a larger cluster returns at once, since
     /// the others may still be down.
     pub async fn open_peer(dir: &Path, setup: PeerSetup) -> Result<LogNode, LogError> {
+        let peers = Peers::new(setup.tls.clone(), setup.source);
+        Self::open_with_network(dir, setup, Network::new(peers.clone()), peers).await
+    }
+
+    /// [`open_peer`](Self::open_peer) with another transport between peers (the deterministic
+    /// simulation's). `peers` is what forwarding and peer questions use.
+    pub async fn open_with_network<N: RaftNetworkFactory<TypeConfig>>(
+        dir: &Path,
+        setup: PeerSetup,
+        network: N,
+        peers: Peers,
+    ) -> Result<LogNode, LogError> {
         let (log_store, state_machine) = open_storage(&dir.join("log"))?;
         let projection = state_machine.projection();
         let history = state_machine.history();
-        let peers = Peers::new(setup.tls.clone(), setup.source);
-        let network = Network::new(peers.clone());
         let raft = Raft::new(setup.node_id, Arc::new(raft_config()?), network, log_store, state_machine).await?;
         let batches = batch_proposals(raft.clone());
         let node = LogNode {
