@@ -92,14 +92,7 @@ pub fn timeline(h: &History) -> String {
             Outcome::Unknown { .. } => "#ef6c00",
         };
         let y = op.client as f64 * row + 4.0;
-        let (x0, x1) = (x(op.invoke_us), x(op.complete_us));
-        let _ = writeln!(
-            svg,
-            "<rect x=\"{x0:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{colour}\"><title>op {}</title></rect>",
-            (x1 - x0).max(0.5),
-            row - 4.0,
-            op.id
-        );
+        bar(&mut svg, (x(op.invoke_us), x(op.complete_us)), (y, row - 4.0), colour, &format!("op {}", op.id));
     }
     // Faults: a band from each fault to what ends it, on the peer's row.
     let base = clients as f64 * row + row;
@@ -124,14 +117,7 @@ pub fn timeline(h: &History) -> String {
         };
         for p in &fault.peers {
             let y = base + *p as f64 * row + 4.0;
-            let (x0, x1) = (x(fault.at_us), x(until));
-            let _ = writeln!(
-                svg,
-                "<rect x=\"{x0:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{colour}\" opacity=\"0.7\"><title>{}</title></rect>",
-                (x1 - x0).max(0.5),
-                row - 4.0,
-                fault.what
-            );
+            bar(&mut svg, (x(fault.at_us), x(until)), (y, row - 4.0), colour, &fault.what);
         }
     }
     if let Some(healed) = h.healed_us {
@@ -148,4 +134,14 @@ pub fn timeline(h: &History) -> String {
     );
     svg.push_str("</svg>\n");
     svg
+}
+
+/// One bar from `x0` to `x1`, at height `y`, `title` shown on hover.
+fn bar(svg: &mut String, (x0, x1): (f64, f64), (y, height): (f64, f64), colour: &str, title: &str) {
+    let _ = writeln!(
+        svg,
+        "<rect x=\"{x0:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{height:.1}\" fill=\"{colour}\" \
+         opacity=\"0.8\"><title>{title}</title></rect>",
+        (x1 - x0).max(0.5)
+    );
 }
