@@ -13,7 +13,7 @@ use serde_json::json;
 use tonic::transport::Channel;
 use vigo_proto::admin::admin_client::AdminClient;
 use vigo_proto::admin::{
-    ClusterMember, Compliance, CreateTokenRequest, EnvoyInfo, ListEnvoysRequest, PromotePeerRequest,
+    ClusterMember, CompactLogRequest, Compliance, CreateTokenRequest, EnvoyInfo, ListEnvoysRequest, PromotePeerRequest,
     PublishStackRequest, RemovePeerRequest, ReportComplianceRequest, ReportComplianceResponse, RevokeEnvoyRequest,
     ServerStatusRequest, ServerStatusResponse, ShowEnvoyRequest, ShowEnvoyResponse,
 };
@@ -77,6 +77,9 @@ enum ServerCommand {
         /// Its node id.
         node: u64,
     },
+    /// Build a snapshot on the peer asked (`--server`) and purge the log entries it covers; the
+    /// history is kept whole.
+    Compact,
 }
 
 #[derive(Subcommand)]
@@ -242,6 +245,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", json!({ "removed": node }));
             } else {
                 println!("removed peer {node}");
+            }
+        }
+        Command::Server(ServerCommand::Compact) => {
+            let purged = client.compact_log(CompactLogRequest {}).await.map_err(status)?.into_inner().purged_index;
+            if json_out {
+                println!("{}", json!({ "purged_index": purged }));
+            } else {
+                println!("log purged through index {purged}");
             }
         }
         Command::Server(ServerCommand::Promote { node }) => {

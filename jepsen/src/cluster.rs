@@ -109,7 +109,7 @@ impl Cluster {
             .arg(dir)
             .args(["--listen", listen, "--advertise", advertise, "--check-in-interval", "5"])
             .args(extra)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", std::env::var("JEPSEN_PEER_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -135,6 +135,26 @@ impl Cluster {
                 )
             }
         }
+    }
+
+    /// Asks peer `i` to build a snapshot now and purge its log (`vigocli server compact`); with
+    /// `wait`, returns once it has, otherwise at once, the compaction under way.
+    pub fn compact(&self, i: usize, wait: bool) -> anyhow::Result<()> {
+        let mut command = Command::new(&self.vigocli);
+        command
+            .args(["--server", &self.peers[i].addr, "--creds"])
+            .arg(self.creds())
+            .args(["server", "compact"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if wait {
+            command.status().context("cannot run vigocli")?;
+        } else {
+            let mut child = command.spawn().context("cannot run vigocli")?;
+            // Reaped in the background, so it leaves no zombie.
+            std::thread::spawn(move || child.wait());
+        }
+        Ok(())
     }
 
     /// `kill -9` peer `i` (a paused one too).

@@ -101,7 +101,7 @@ pub fn timeline(h: &History) -> String {
     }
     for (i, fault) in h.faults.iter().enumerate() {
         let ends = match fault.what.as_str() {
-            "kill" => "restart",
+            "kill" | "crash-in-snapshot" | "crash-in-install" => "restart",
             "pause" => "resume",
             "partition" => "heal-partition",
             _ => continue,
@@ -111,7 +111,7 @@ pub fn timeline(h: &History) -> String {
             .find(|f| (f.what == ends || f.what == "heal") && f.peers.iter().any(|p| fault.peers.contains(p)))
             .map_or(end_us, |f| f.at_us);
         let colour = match fault.what.as_str() {
-            "kill" => "#6a1b9a",
+            "kill" | "crash-in-snapshot" | "crash-in-install" => "#6a1b9a",
             "pause" => "#0277bd",
             _ => "#f9a825",
         };

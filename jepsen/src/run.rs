@@ -32,6 +32,11 @@ pub enum FaultKind {
     Partition,
     /// Cut the leader off from the others, heal later.
     PartitionLeader,
+    /// Ask a peer to build a snapshot and `kill -9` it while it does; restart it later.
+    CrashInSnapshot,
+    /// Take a follower down, compact the leader's log so that it must catch up by snapshot,
+    /// restart it and `kill -9` it while the snapshot installs; restart it later.
+    CrashInInstall,
 }
 
 /// How to run.
@@ -280,6 +285,34 @@ fn nemesis(
                 std::thread::sleep(length);
                 cluster.lock().expect("cluster lock").restart(peer)?;
                 record("restart", peer);
+            }
+            FaultKind::CrashInSnapshot => {
+                cluster.lock().expect("cluster lock").compact(peer, false)?;
+                std::thread::sleep(Duration::from_millis(rng.random_range(0..50)));
+                cluster.lock().expect("cluster lock").kill(peer);
+                record("crash-in-snapshot", peer);
+                std::thread::sleep(length);
+                cluster.lock().expect("cluster lock").restart(peer)?;
+                record("restart", peer);
+            }
+            FaultKind::CrashInInstall => {
+                let creds = cluster.lock().expect("cluster lock").creds();
+                let Some(leader) = leader(&config.vigocli, addrs, &creds) else { continue };
+                let follower = (leader + 1 + rng.random_range(0..addrs.len() - 1)) % addrs.len();
+                cluster.lock().expect("cluster lock").kill(follower);
+                record("kill", follower);
+                std::thread::sleep(length / 2);
+                cluster.lock().expect("cluster lock").compact(leader, true)?;
+                cluster.lock().expect("cluster lock").restart(follower)?;
+                record("restart", follower);
+                // Somewhere in its catch-up: the leader notices it within a heartbeat or two
+                // and sends the snapshot; the crash lands before, in or after the install.
+                std::thread::sleep(Duration::from_millis(rng.random_range(50..400)));
+                cluster.lock().expect("cluster lock").kill(follower);
+                record("crash-in-install", follower);
+                std::thread::sleep(length / 2);
+                cluster.lock().expect("cluster lock").restart(follower)?;
+                record("restart", follower);
             }
             FaultKind::Partition | FaultKind::PartitionLeader => {
                 cluster.lock().expect("cluster lock").partition(&[peer]);

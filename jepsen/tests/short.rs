@@ -34,6 +34,8 @@ async fn a_short_schedule_of_kills_pauses_and_partitions_breaks_no_invariant() {
             FaultKind::Pause,
             FaultKind::Partition,
             FaultKind::PartitionLeader,
+            FaultKind::CrashInSnapshot,
+            FaultKind::CrashInInstall,
         ],
         fault_gap: Duration::from_millis(1500),
         fault_length: Duration::from_secs(2),
@@ -46,7 +48,7 @@ async fn a_short_schedule_of_kills_pauses_and_partitions_breaks_no_invariant() {
     assert!(report.ok(), "{}", vigo_jepsen::report::summary(&history, &report));
     // The run did what it claims: faults happened, writes were acknowledged through them,
     // and every peer was read at the end.
-    let injected = ["kill", "pause", "partition"];
+    let injected = ["kill", "pause", "partition", "crash-in-snapshot", "crash-in-install"];
     let faults = history.faults.iter().filter(|f| injected.contains(&f.what.as_str())).count();
     assert!(faults >= 3, "{:?}", history.faults);
     let acknowledged = history.ops.iter().filter(|op| matches!(op.outcome, Outcome::Ok { .. })).count();

@@ -46,3 +46,19 @@ fn the_advertised_address_is_the_one_peers_and_envoys_are_given() {
         serde_json::from_slice(&std::fs::read(tmp.path().join("envoy/identity/enrollment.json")).unwrap()).unwrap();
     assert_eq!(meta["servers"], serde_json::json!([advertised]));
 }
+
+#[test]
+fn compact_purges_the_log_and_keeps_the_history_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"), "127.0.0.1:0");
+    for _ in 0..3 {
+        server.token();
+    }
+    let purged = server.cli_json(&["server", "compact"])["purged_index"].as_u64().unwrap();
+    assert!(purged >= 5, "purged through the writes: {purged}");
+    let status = server.cli_json(&["server", "status"]);
+    assert_eq!(status["members"][0]["purged_index"], purged, "{status}");
+    let history = server.cli_json(&["audit", "log"]);
+    assert_eq!(history["events"][0]["index"], 1, "the history still starts at 1");
+    assert_eq!(history["chain"], "verified");
+}

@@ -27,7 +27,15 @@ struct Args {
     #[arg(long, default_value_t = 30.0)]
     duration: f64,
     /// Faults to inject, comma-separated; empty for none.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![FaultKind::Kill, FaultKind::KillLeader, FaultKind::Pause, FaultKind::Partition, FaultKind::PartitionLeader])]
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![
+        FaultKind::Kill,
+        FaultKind::KillLeader,
+        FaultKind::Pause,
+        FaultKind::Partition,
+        FaultKind::PartitionLeader,
+        FaultKind::CrashInSnapshot,
+        FaultKind::CrashInInstall,
+    ])]
     faults: Vec<FaultKind>,
     /// Mean seconds between faults.
     #[arg(long, default_value_t = 2.0)]
@@ -44,6 +52,10 @@ struct Args {
     /// Where the `vigosrv` and `vigocli` binaries are [default: next to this one].
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// Keep the peers' data dirs and logs (`<dir>/peer-N.log`; `JEPSEN_PEER_LOG` sets their
+    /// level, `warn` by default) even when every checker passes.
+    #[arg(long)]
+    keep: bool,
     /// Check a recorded `history.json` instead of running.
     #[arg(long, conflicts_with = "seed")]
     check: Option<PathBuf>,
@@ -94,7 +106,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     vigo_jepsen::report::write(&results, &history, &report)?;
     print!("{}", vigo_jepsen::report::summary(&history, &report));
     println!("results in {}", results.display());
-    if !report.ok() {
+    if !report.ok() || args.keep {
         // Keep the peers' data and logs for whoever looks into it.
         let kept = work.keep();
         println!("peer data and logs kept in {}", kept.display());

@@ -8,11 +8,11 @@ use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 use vigo_proto::admin::admin_server::Admin;
 use vigo_proto::admin::{
-    Compliance, CreateTokenRequest, CreateTokenResponse, EnvoyCompliance, EnvoyInfo, ListEnvoysRequest,
-    ListEnvoysResponse, PromotePeerRequest, PromotePeerResponse, PublishStackRequest, PublishStackResponse,
-    ReadHistoryRequest, ReadHistoryResponse, RemovePeerRequest, RemovePeerResponse, ReportComplianceRequest,
-    ReportComplianceResponse, RevokeEnvoyRequest, RevokeEnvoyResponse, ServerStatusRequest, ServerStatusResponse,
-    ShowEnvoyRequest, ShowEnvoyResponse,
+    CompactLogRequest, CompactLogResponse, Compliance, CreateTokenRequest, CreateTokenResponse, EnvoyCompliance,
+    EnvoyInfo, ListEnvoysRequest, ListEnvoysResponse, PromotePeerRequest, PromotePeerResponse, PublishStackRequest,
+    PublishStackResponse, ReadHistoryRequest, ReadHistoryResponse, RemovePeerRequest, RemovePeerResponse,
+    ReportComplianceRequest, ReportComplianceResponse, RevokeEnvoyRequest, RevokeEnvoyResponse, ServerStatusRequest,
+    ServerStatusResponse, ShowEnvoyRequest, ShowEnvoyResponse,
 };
 use vigo_proto::events::event::Kind;
 use vigo_proto::events::{EnvoyRevoked, StackPublished, TokenCreated};
@@ -223,6 +223,12 @@ impl Admin for AdminService {
         crate::services::peer::change_membership(&self.node, ChangeMembershipRequest { change: Some(change), actor })
             .await?;
         Ok(Response::new(RemovePeerResponse {}))
+    }
+
+    async fn compact_log(&self, request: Request<CompactLogRequest>) -> Result<Response<CompactLogResponse>, Status> {
+        admin(&request)?;
+        let purged = self.node.log.compact().await.map_err(crate::error::log_status)?;
+        Ok(Response::new(CompactLogResponse { purged_index: purged.unwrap_or(0) }))
     }
 
     async fn promote_peer(
