@@ -39,6 +39,19 @@ pub enum FaultKind {
     CrashInInstall,
 }
 
+impl FaultKind {
+    /// Every kind of fault.
+    pub const ALL: [FaultKind; 7] = [
+        FaultKind::Kill,
+        FaultKind::KillLeader,
+        FaultKind::Pause,
+        FaultKind::Partition,
+        FaultKind::PartitionLeader,
+        FaultKind::CrashInSnapshot,
+        FaultKind::CrashInInstall,
+    ];
+}
+
 /// How to run.
 #[derive(Debug, Clone)]
 pub struct RunConfig {

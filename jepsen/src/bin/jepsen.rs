@@ -27,15 +27,7 @@ struct Args {
     #[arg(long, default_value_t = 30.0)]
     duration: f64,
     /// Faults to inject, comma-separated; empty for none.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![
-        FaultKind::Kill,
-        FaultKind::KillLeader,
-        FaultKind::Pause,
-        FaultKind::Partition,
-        FaultKind::PartitionLeader,
-        FaultKind::CrashInSnapshot,
-        FaultKind::CrashInInstall,
-    ])]
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = FaultKind::ALL)]
     faults: Vec<FaultKind>,
     /// Mean seconds between faults.
     #[arg(long, default_value_t = 2.0)]
