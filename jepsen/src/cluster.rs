@@ -199,12 +199,18 @@ impl Cluster {
     /// Cuts the peers in `side` off from every other peer, both ways (clients still reach all).
     pub fn partition(&mut self, side: &[usize]) {
         let others: Vec<usize> = (0..self.peers.len()).filter(|i| !side.contains(i)).collect();
+        self.cut(side, &others);
+    }
+
+    /// Cuts every link between a peer of `a` and a peer of `b`, both ways; links within each
+    /// side, and to peers in neither, stay (a bridge: a peer in neither sees both sides).
+    pub fn cut(&mut self, a: &[usize], b: &[usize]) {
         let ips = |peers: &[usize]| peers.iter().map(|i| peer_ip(*i)).collect::<Vec<_>>();
-        for i in side {
-            self.peers[*i].proxy.block(&ips(&others));
+        for i in a {
+            self.peers[*i].proxy.block(&ips(b));
         }
-        for i in &others {
-            self.peers[*i].proxy.block(&ips(side));
+        for i in b {
+            self.peers[*i].proxy.block(&ips(a));
         }
     }
 

@@ -103,7 +103,7 @@ pub fn timeline(h: &History) -> String {
         let ends = match fault.what.as_str() {
             "kill" | "crash-in-snapshot" | "crash-in-install" => "restart",
             "pause" => "resume",
-            "partition" => "heal-partition",
+            "partition" | "bridge" => "heal-partition",
             _ => continue,
         };
         let until = h.faults[i + 1..]

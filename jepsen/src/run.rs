@@ -32,6 +32,11 @@ pub enum FaultKind {
     Partition,
     /// Cut the leader off from the others, heal later.
     PartitionLeader,
+    /// Split the peers into a majority and a minority at random, heal later.
+    MajorityMinority,
+    /// Split the peers into two sides that only one peer in the middle still sees both of
+    /// (needs five peers), heal later.
+    Bridge,
     /// Ask a peer to build a snapshot and `kill -9` it while it does; restart it later.
     CrashInSnapshot,
     /// Take a follower down, compact the leader's log so that it must catch up by snapshot,
@@ -41,12 +46,14 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// Every kind of fault.
-    pub const ALL: [FaultKind; 7] = [
+    pub const ALL: [FaultKind; 9] = [
         FaultKind::Kill,
         FaultKind::KillLeader,
         FaultKind::Pause,
         FaultKind::Partition,
         FaultKind::PartitionLeader,
+        FaultKind::MajorityMinority,
+        FaultKind::Bridge,
         FaultKind::CrashInSnapshot,
         FaultKind::CrashInInstall,
     ];
@@ -326,6 +333,34 @@ fn nemesis(
                 std::thread::sleep(length / 2);
                 cluster.lock().expect("cluster lock").restart(follower)?;
                 record("restart", follower);
+            }
+            FaultKind::MajorityMinority | FaultKind::Bridge => {
+                let n = addrs.len();
+                let mut order: Vec<usize> = (0..n).collect();
+                for i in (1..n).rev() {
+                    order.swap(i, rng.random_range(0..=i));
+                }
+                let (what, a, b) = if kind == FaultKind::Bridge && n >= 5 {
+                    // One in the middle; the rest split in two, neither side a majority alone.
+                    let half = (n - 1) / 2;
+                    ("bridge", order[1..=half].to_vec(), order[half + 1..].to_vec())
+                } else {
+                    let minority = (n - 1) / 2;
+                    ("partition", order[..minority.max(1)].to_vec(), order[minority.max(1)..].to_vec())
+                };
+                cluster.lock().expect("cluster lock").cut(&a, &b);
+                faults.lock().expect("faults lock").push(Fault {
+                    at_us: us(start),
+                    what: what.into(),
+                    peers: a.iter().chain(&b).copied().collect(),
+                });
+                std::thread::sleep(length);
+                cluster.lock().expect("cluster lock").heal_network();
+                faults.lock().expect("faults lock").push(Fault {
+                    at_us: us(start),
+                    what: "heal-partition".into(),
+                    peers: (0..n).collect(),
+                });
             }
             FaultKind::Partition | FaultKind::PartitionLeader => {
                 cluster.lock().expect("cluster lock").partition(&[peer]);
