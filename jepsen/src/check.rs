@@ -24,6 +24,7 @@ const CHAIN: &str = "chain";
 const CONVERGED: &str = "converged";
 const LINEARIZABLE: &str = "linearizable";
 const LIVENESS: &str = "liveness";
+const PROJECTIONS: &str = "projections";
 
 /// The `prev_hash` of the first event of every history.
 const GENESIS_PREV_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -78,11 +79,12 @@ impl Report {
 
 /// Runs every checker, in a fixed order, over the history.
 pub fn check_all(h: &History) -> Report {
-    let checkers: [(&'static str, Checker); 6] = [
+    let checkers: [(&'static str, Checker); 7] = [
         (LOST_WRITES, lost_writes),
         (PHANTOM_WRITES, phantom_writes),
         (CHAIN, chain),
         (CONVERGED, converged),
+        (PROJECTIONS, projections),
         (LINEARIZABLE, linearizable),
         (LIVENESS, liveness),
     ];
@@ -243,6 +245,57 @@ pub fn linearizable(h: &History) -> Vec<Violation> {
     details.extend(reads_from_the_future(h, reference, &reads));
     details.extend(reads_going_back(&reads));
     capped(LINEARIZABLE, details)
+}
+
+/// Checker `projections`: after the heal every peer serves the state its history folds to —
+/// the live stack version is the number of publishes, every envoy enrolled is listed, and one
+/// is revoked exactly when the history revokes it.
+///
+/// The histories being equal is `converged`'s concern; this checks what peers serve from them,
+/// so a fault in applying events (a peer whose state drifted from its own log) shows.
+/// Histories recorded without projections are not checked.
+pub fn projections(h: &History) -> Vec<Violation> {
+    if h.projections.is_empty() {
+        return Vec::new();
+    }
+    let Some((reference_peer, reference)) = reference_history(h) else { return Vec::new() };
+    let publishes = reference.iter().filter(|e| e.kind == "StackPublished").count() as u64;
+    let enrolled: HashSet<&str> =
+        reference.iter().filter(|e| e.kind == "EnvoyEnrolled").map(|e| e.key.as_str()).collect();
+    let revoked: HashSet<&str> =
+        reference.iter().filter(|e| e.kind == "EnvoyRevoked").filter_map(|e| e.key.strip_prefix("revoked:")).collect();
+    let mut details = Vec::new();
+    for (peer, projection) in h.projections.iter().enumerate() {
+        let Some(projection) = projection else {
+            details.push(format!("peer {peer}'s projection could not be read after the heal"));
+            continue;
+        };
+        if projection.stack_version != publishes {
+            details.push(format!(
+                "peer {peer} serves stack version {}, but peer {reference_peer}'s history holds {publishes} publishes",
+                projection.stack_version
+            ));
+        }
+        let listed: HashSet<&str> = projection.envoys.iter().map(|e| e.hostname.as_str()).collect();
+        for missing in enrolled.difference(&listed) {
+            details.push(format!("peer {peer} does not list envoy {missing}, which the history enrolls"));
+        }
+        for extra in listed.difference(&enrolled) {
+            details.push(format!("peer {peer} lists envoy {extra}, which the history never enrolls"));
+        }
+        for envoy in &projection.envoys {
+            if envoy.revoked != revoked.contains(envoy.envoy_id.as_str()) {
+                details.push(format!(
+                    "peer {peer} shows envoy {} ({}) as {}, but the history {} it",
+                    envoy.envoy_id,
+                    envoy.hostname,
+                    if envoy.revoked { "revoked" } else { "active" },
+                    if envoy.revoked { "never revokes" } else { "revokes" }
+                ));
+            }
+        }
+    }
+    capped(PROJECTIONS, details)
 }
 
 /// Checker `liveness`: the run healed, and afterwards a leader acknowledged a write within the
@@ -708,7 +761,7 @@ mod tests {
     use sha2::{Digest, Sha256};
 
     use super::*;
-    use crate::history::{Fault, Write};
+    use crate::history::{EnvoyState, Fault, Projection, Write};
 
     /// A client write key, as unique as a real one.
     fn key(n: u64) -> String {
@@ -802,7 +855,72 @@ mod tests {
             healed_us: Some(1400),
             live_after_heal: Some(true),
             finals: vec![Some(chain.clone()), Some(chain.clone()), Some(chain)],
+            projections: vec![Some(projection_of(entries)); 3],
         }
+    }
+
+    /// What a history of `entries` folds to: one stack version per publish, and each enrolled
+    /// hostname as an envoy of that id, revoked when the history revokes it.
+    fn projection_of(entries: &[(&str, String)]) -> Projection {
+        let stack_version = entries.iter().filter(|(kind, _)| *kind == "StackPublished").count() as u64;
+        let revoked: HashSet<&str> = entries.iter().filter_map(|(_, key)| key.strip_prefix("revoked:")).collect();
+        let envoys = entries
+            .iter()
+            .filter(|(kind, _)| *kind == "EnvoyEnrolled")
+            .map(|(_, host)| EnvoyState {
+                envoy_id: host.clone(),
+                hostname: host.clone(),
+                revoked: revoked.contains(host.as_str()),
+            })
+            .collect();
+        Projection { stack_version, envoys }
+    }
+
+    #[test]
+    fn projections_report_a_peer_serving_other_than_its_history() {
+        let mut h = valid();
+        h.projections[1] = Some(Projection { stack_version: 2, envoys: Vec::new() });
+        assert_reports(&h, &[PROJECTIONS], PROJECTIONS, &["peer 1 serves stack version 2", "3 publishes"]);
+        let mut h = valid();
+        h.projections[2] = None;
+        assert_reports(&h, &[PROJECTIONS], PROJECTIONS, &["peer 2's projection could not be read"]);
+        let mut h = valid();
+        let ghost = EnvoyState { envoy_id: "e-1".into(), hostname: "ghost".into(), revoked: false };
+        h.projections[0] = Some(Projection { stack_version: 3, envoys: vec![ghost] });
+        assert_reports(&h, &[PROJECTIONS], PROJECTIONS, &["peer 0 lists envoy ghost", "never enrolls"]);
+    }
+
+    #[test]
+    fn projections_follow_enrollments_and_revocations() {
+        let mut with = entries();
+        with.push(("EnvoyEnrolled", "web-1".into()));
+        with.push(("EnvoyRevoked", "revoked:e-1".into()));
+        let mut h = history_with(&with);
+        let enroll = Op {
+            id: 20,
+            client: 4,
+            kind: OpKind::Write(Write::Enroll { key: "web-1".into() }),
+            invoke_us: 1310,
+            complete_us: 1320,
+            outcome: ok(None),
+        };
+        let revoke = Op {
+            id: 21,
+            client: 4,
+            kind: OpKind::Write(Write::Revoke { key: "revoked:e-1".into() }),
+            invoke_us: 1330,
+            complete_us: 1340,
+            outcome: ok(None),
+        };
+        h.ops.extend([enroll, revoke]);
+        let revoked = EnvoyState { envoy_id: "e-1".into(), hostname: "web-1".into(), revoked: true };
+        h.projections = vec![Some(Projection { stack_version: 3, envoys: vec![revoked.clone()] }); 3];
+        assert!(check_all(&h).ok(), "{}", check_all(&h).summary());
+        let active = EnvoyState { revoked: false, ..revoked };
+        h.projections[1] = Some(Projection { stack_version: 3, envoys: vec![active] });
+        assert_reports(&h, &[PROJECTIONS], PROJECTIONS, &["peer 1 shows envoy e-1 (web-1) as active", "revokes it"]);
+        h.projections[1] = Some(Projection { stack_version: 3, envoys: Vec::new() });
+        assert_reports(&h, &[PROJECTIONS], PROJECTIONS, &["peer 1 does not list envoy web-1"]);
     }
 
     fn valid() -> History {
@@ -854,19 +972,19 @@ mod tests {
     #[test]
     fn check_all_runs_every_checker_in_order() {
         let names: Vec<&str> = check_all(&valid()).checkers.iter().map(|(name, _)| *name).collect();
-        assert_eq!(names, [LOST_WRITES, PHANTOM_WRITES, CHAIN, CONVERGED, LINEARIZABLE, LIVENESS]);
+        assert_eq!(names, [LOST_WRITES, PHANTOM_WRITES, CHAIN, CONVERGED, PROJECTIONS, LINEARIZABLE, LIVENESS]);
     }
 
     #[test]
     fn summary_names_every_checker() {
         let summary = check_all(&valid()).summary();
-        for name in [LOST_WRITES, PHANTOM_WRITES, CHAIN, CONVERGED, LINEARIZABLE, LIVENESS] {
+        for name in [LOST_WRITES, PHANTOM_WRITES, CHAIN, CONVERGED, PROJECTIONS, LINEARIZABLE, LIVENESS] {
             assert!(summary.lines().any(|line| line == format!("{name}: ok")), "{summary}");
         }
         let mut h = valid();
         h.live_after_heal = Some(false);
         let summary = check_all(&h).summary();
-        assert_eq!(summary.lines().count(), 6);
+        assert_eq!(summary.lines().count(), 7);
         assert!(summary.lines().any(|line| line.starts_with("liveness: 1 violation(s): after the heal")), "{summary}");
     }
 

@@ -116,6 +116,21 @@ impl Client {
         (write, outcome)
     }
 
+    /// This peer's projection: the live stack version and every envoy, as it serves them.
+    pub async fn projection(&mut self) -> Option<crate::history::Projection> {
+        let read = async {
+            let compliance = self.admin.report_compliance(vigo_proto::admin::ReportComplianceRequest {}).await?;
+            let envoys = self.admin.list_envoys(vigo_proto::admin::ListEnvoysRequest { r#where: Vec::new() }).await?;
+            Ok::<_, tonic::Status>((compliance.into_inner().stack_version, envoys.into_inner().envoys))
+        };
+        let (stack_version, envoys) = tokio::time::timeout(OP_TIMEOUT, read).await.ok()?.ok()?;
+        let envoys = envoys
+            .into_iter()
+            .map(|e| crate::history::EnvoyState { envoy_id: e.envoy_id, hostname: e.hostname, revoked: e.revoked })
+            .collect();
+        Some(crate::history::Projection { stack_version, envoys })
+    }
+
     /// This peer's whole history, linearizable (through the leader): what the final reads keep.
     pub async fn read_events(&mut self) -> Option<Vec<Event>> {
         tokio::time::timeout(OP_TIMEOUT, self.read_all(true)).await.ok()?.ok()

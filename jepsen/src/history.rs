@@ -182,4 +182,28 @@ pub struct History {
     /// Each peer's whole history, read from it after the heal; `None` for a peer that could not
     /// be read.
     pub finals: Vec<Option<Vec<Event>>>,
+    /// Each peer's projection, read from it after its final history; `None` for a peer that
+    /// could not be read. Empty in a history recorded without them.
+    #[serde(default)]
+    pub projections: Vec<Option<Projection>>,
+}
+
+/// What a peer's projection says: the live stack version and every envoy it knows.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Projection {
+    /// The live stack version (0: none).
+    pub stack_version: u64,
+    /// Every envoy ever enrolled.
+    pub envoys: Vec<EnvoyState>,
+}
+
+/// One envoy as a projection lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvoyState {
+    /// Its id.
+    pub envoy_id: String,
+    /// The hostname it enrolled with.
+    pub hostname: String,
+    /// Whether it was revoked.
+    pub revoked: bool,
 }

@@ -142,7 +142,7 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<History> {
         peers: (0..addrs.len()).collect(),
     });
     let live = liveness(&addrs, &tls, config, &ops, &next_id, start).await;
-    let finals = final_reads(&addrs, &tls, config.liveness).await;
+    let (finals, projections) = final_reads(&addrs, &tls, config.liveness).await;
     let mut ops = std::mem::take(&mut *ops.lock().expect("ops lock"));
     ops.sort_by_key(|op: &Op| op.complete_us);
     let faults = std::mem::take(&mut *faults.lock().expect("faults lock"));
@@ -154,6 +154,7 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<History> {
         healed_us: Some(healed_us),
         live_after_heal: Some(live),
         finals,
+        projections,
     })
 }
 
@@ -437,27 +438,29 @@ async fn liveness(
     false
 }
 
+/// Final reads, as each peer's history and projection.
+type Finals = (Vec<Option<Vec<crate::history::Event>>>, Vec<Option<crate::history::Projection>>);
+
 /// Each peer's whole history after the heal, read linearizably (so it holds every committed
-/// event); `None` for a peer that never answered within `limit`.
-async fn final_reads(
-    addrs: &[String],
-    tls: &Arc<rustls::ClientConfig>,
-    limit: Duration,
-) -> Vec<Option<Vec<crate::history::Event>>> {
-    let mut finals = Vec::new();
+/// event), and then its projection; `None` for a peer that never answered within `limit`.
+async fn final_reads(addrs: &[String], tls: &Arc<rustls::ClientConfig>, limit: Duration) -> Finals {
+    let (mut finals, mut projections) = (Vec::new(), Vec::new());
     for addr in addrs {
         let deadline = Instant::now() + limit;
         let mut read = None;
         while read.is_none() && Instant::now() < deadline {
             if let Ok(mut client) = Client::connect(addr, tls.clone()).await
                 && let Some(events) = client.read_events().await
+                && let Some(projection) = client.projection().await
             {
-                read = Some(events);
+                read = Some((events, projection));
             } else {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
-        finals.push(read);
+        let (events, projection) = read.unzip();
+        finals.push(events);
+        projections.push(projection);
     }
-    finals
+    (finals, projections)
 }
