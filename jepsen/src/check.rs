@@ -25,6 +25,7 @@ const CONVERGED: &str = "converged";
 const LINEARIZABLE: &str = "linearizable";
 const LIVENESS: &str = "liveness";
 const PROJECTIONS: &str = "projections";
+const ELECTION_SAFETY: &str = "election-safety";
 
 /// The `prev_hash` of the first event of every history.
 const GENESIS_PREV_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -79,13 +80,14 @@ impl Report {
 
 /// Runs every checker, in a fixed order, over the history.
 pub fn check_all(h: &History) -> Report {
-    let checkers: [(&'static str, Checker); 7] = [
+    let checkers: [(&'static str, Checker); 8] = [
         (LOST_WRITES, lost_writes),
         (PHANTOM_WRITES, phantom_writes),
         (CHAIN, chain),
         (CONVERGED, converged),
         (PROJECTIONS, projections),
         (LINEARIZABLE, linearizable),
+        (ELECTION_SAFETY, election_safety),
         (LIVENESS, liveness),
     ];
     Report { checkers: checkers.into_iter().map(|(name, check)| (name, check(h))).collect() }
@@ -296,6 +298,32 @@ pub fn projections(h: &History) -> Vec<Violation> {
         }
     }
     capped(PROJECTIONS, details)
+}
+
+/// Checker `election-safety`: at most one leader per term. Every peer that said it leads in a
+/// term, and every peer that named the leader of a term, must agree on who that is.
+///
+/// Two leaders in one term could both commit different entries at the same index: the fork
+/// the `chain` checker would find later, caught here where it starts.
+pub fn election_safety(h: &History) -> Vec<Violation> {
+    let mut leaders: std::collections::BTreeMap<u64, (u64, &crate::history::LeaderView)> = Default::default();
+    let mut details = Vec::new();
+    for view in &h.views {
+        let claimed = if view.role == "leader" { Some(view.node_id) } else { view.leader };
+        let Some(leader) = claimed else { continue };
+        match leaders.get(&view.term) {
+            None => {
+                leaders.insert(view.term, (leader, view));
+            }
+            Some((first, seen)) if *first != leader => details.push(format!(
+                "term {}: peer {} (node {}) at {}µs says node {leader} leads, but peer {} (node {}) at {}µs \
+                 said node {first}",
+                view.term, view.peer, view.node_id, view.at_us, seen.peer, seen.node_id, seen.at_us
+            )),
+            Some(_) => {}
+        }
+    }
+    capped(ELECTION_SAFETY, details)
 }
 
 /// Checker `liveness`: the run healed, and afterwards a leader acknowledged a write within the
@@ -761,7 +789,7 @@ mod tests {
     use sha2::{Digest, Sha256};
 
     use super::*;
-    use crate::history::{EnvoyState, Fault, Projection, Write};
+    use crate::history::{EnvoyState, Fault, LeaderView, Projection, Write};
 
     /// A client write key, as unique as a real one.
     fn key(n: u64) -> String {
@@ -856,7 +884,28 @@ mod tests {
             live_after_heal: Some(true),
             finals: vec![Some(chain.clone()), Some(chain.clone()), Some(chain)],
             projections: vec![Some(projection_of(entries)); 3],
+            views: vec![
+                view(0, 1, "leader", 1, Some(1)),
+                view(1, 2, "follower", 1, Some(1)),
+                view(2, 3, "candidate", 2, None),
+                view(1, 2, "leader", 3, Some(2)),
+                view(0, 1, "follower", 3, Some(2)),
+            ],
         }
+    }
+
+    fn view(peer: usize, node_id: u64, role: &str, term: u64, leader: Option<u64>) -> LeaderView {
+        LeaderView { at_us: 100 * term + peer as u64, peer, node_id, role: role.into(), term, leader }
+    }
+
+    #[test]
+    fn election_safety_reports_two_leaders_in_one_term() {
+        let mut h = valid();
+        h.views.push(view(2, 3, "leader", 3, Some(3)));
+        assert_reports(&h, &[ELECTION_SAFETY], ELECTION_SAFETY, &["term 3", "node 3 leads", "said node 2"]);
+        let mut h = valid();
+        h.views.push(view(2, 3, "follower", 1, Some(3)));
+        assert_reports(&h, &[ELECTION_SAFETY], ELECTION_SAFETY, &["term 1: peer 2 (node 3)", "node 3 leads"]);
     }
 
     /// What a history of `entries` folds to: one stack version per publish, and each enrolled
@@ -972,19 +1021,24 @@ mod tests {
     #[test]
     fn check_all_runs_every_checker_in_order() {
         let names: Vec<&str> = check_all(&valid()).checkers.iter().map(|(name, _)| *name).collect();
-        assert_eq!(names, [LOST_WRITES, PHANTOM_WRITES, CHAIN, CONVERGED, PROJECTIONS, LINEARIZABLE, LIVENESS]);
+        assert_eq!(
+            names,
+            [LOST_WRITES, PHANTOM_WRITES, CHAIN, CONVERGED, PROJECTIONS, LINEARIZABLE, ELECTION_SAFETY, LIVENESS]
+        );
     }
 
     #[test]
     fn summary_names_every_checker() {
         let summary = check_all(&valid()).summary();
-        for name in [LOST_WRITES, PHANTOM_WRITES, CHAIN, CONVERGED, PROJECTIONS, LINEARIZABLE, LIVENESS] {
+        for name in
+            [LOST_WRITES, PHANTOM_WRITES, CHAIN, CONVERGED, PROJECTIONS, LINEARIZABLE, ELECTION_SAFETY, LIVENESS]
+        {
             assert!(summary.lines().any(|line| line == format!("{name}: ok")), "{summary}");
         }
         let mut h = valid();
         h.live_after_heal = Some(false);
         let summary = check_all(&h).summary();
-        assert_eq!(summary.lines().count(), 7);
+        assert_eq!(summary.lines().count(), 8);
         assert!(summary.lines().any(|line| line.starts_with("liveness: 1 violation(s): after the heal")), "{summary}");
     }
 

@@ -116,6 +116,13 @@ impl Client {
         (write, outcome)
     }
 
+    /// This peer's own view of the cluster: node id, role, term and the leader it knows of.
+    pub async fn status(&mut self) -> Option<(u64, String, u64, Option<u64>)> {
+        let request = vigo_proto::admin::ServerStatusRequest {};
+        let status = tokio::time::timeout(OP_TIMEOUT, self.admin.server_status(request)).await.ok()?.ok()?.into_inner();
+        Some((status.node_id, status.role, status.term, (status.leader != 0).then_some(status.leader)))
+    }
+
     /// This peer's projection: the live stack version and every envoy, as it serves them.
     pub async fn projection(&mut self) -> Option<crate::history::Projection> {
         let read = async {

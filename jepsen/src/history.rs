@@ -186,6 +186,27 @@ pub struct History {
     /// could not be read. Empty in a history recorded without them.
     #[serde(default)]
     pub projections: Vec<Option<Projection>>,
+    /// What peers said of the cluster when clients asked them (`server status`), in the order
+    /// the answers came.
+    #[serde(default)]
+    pub views: Vec<LeaderView>,
+}
+
+/// One peer's view of the cluster, as a status read returned it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderView {
+    /// Microseconds since the run started, when the answer came.
+    pub at_us: u64,
+    /// The peer asked.
+    pub peer: usize,
+    /// Its node id.
+    pub node_id: u64,
+    /// `leader`, `follower`, `candidate`, `learner`.
+    pub role: String,
+    /// Its term.
+    pub term: u64,
+    /// The leader it knows of in that term.
+    pub leader: Option<u64>,
 }
 
 /// What a peer's projection says: the live stack version and every envoy it knows.

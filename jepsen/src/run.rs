@@ -17,7 +17,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::client::Client;
 use crate::cluster::Cluster;
-use crate::history::{Fault, History, Op, OpKind, Outcome, Write};
+use crate::history::{Fault, History, LeaderView, Op, OpKind, Outcome, Write};
 
 /// A fault the nemesis can inject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -104,6 +104,7 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<History> {
     let cluster = Arc::new(Mutex::new(cluster));
     let start = Instant::now();
     let ops = Arc::new(Mutex::new(Vec::new()));
+    let views = Arc::new(Mutex::new(Vec::new()));
     let faults = Arc::new(Mutex::new(Vec::new()));
     let next_id = Arc::new(AtomicU64::new(0));
     let end = start + config.duration;
@@ -120,6 +121,7 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<History> {
             addrs: addrs.clone(),
             tls: tls.clone(),
             ops: ops.clone(),
+            views: views.clone(),
             next_id: next_id.clone(),
             start,
         };
@@ -155,6 +157,7 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<History> {
         live_after_heal: Some(live),
         finals,
         projections,
+        views: std::mem::take(&mut *views.lock().expect("views lock")),
     })
 }
 
@@ -166,6 +169,7 @@ enum Plan {
     Enroll,
     Revoke,
     Read,
+    Status,
 }
 
 /// One client: one operation at a time, each against a peer chosen by the seed.
@@ -175,6 +179,7 @@ struct Worker {
     addrs: Vec<String>,
     tls: Arc<rustls::ClientConfig>,
     ops: Arc<Mutex<Vec<Op>>>,
+    views: Arc<Mutex<Vec<LeaderView>>>,
     next_id: Arc<AtomicU64>,
     start: Instant,
 }
@@ -211,7 +216,8 @@ impl Worker {
                 5 => Plan::Token,
                 6 if !envoys.is_empty() => Plan::Revoke,
                 6 => Plan::Publish,
-                _ => Plan::Read,
+                7..=8 => Plan::Read,
+                _ => Plan::Status,
             };
             let (kind, outcome) = match connection {
                 // Never sent: it cannot have taken effect.
@@ -221,9 +227,13 @@ impl Worker {
                         Plan::Token => Write::Token { key: String::new() },
                         Plan::Enroll => Write::Enroll { key: hostname.clone() },
                         Plan::Revoke => Write::Revoke { key: format!("revoked:{}", envoys[0]) },
-                        Plan::Read => Write::Token { key: String::new() },
+                        Plan::Read | Plan::Status => Write::Token { key: String::new() },
                     };
-                    let kind = if plan == Plan::Read { OpKind::Read { peer } } else { OpKind::Write(write) };
+                    let kind = if matches!(plan, Plan::Read | Plan::Status) {
+                        OpKind::Read { peer }
+                    } else {
+                        OpKind::Write(write)
+                    };
                     (kind, Outcome::Failed { reason: format!("not sent: {e:#}") })
                 }
                 Ok(client) => match plan {
@@ -248,6 +258,15 @@ impl Worker {
                         (OpKind::Write(write), outcome)
                     }
                     Plan::Read => (OpKind::Read { peer }, client.read(peer, true).await),
+                    Plan::Status => {
+                        // Not an operation on the history: a view of who leads, for the
+                        // election-safety checker. The next operation goes on at once.
+                        if let Some((node_id, role, term, leader)) = client.status().await {
+                            let view = LeaderView { at_us: us(self.start), peer, node_id, role, term, leader };
+                            self.views.lock().expect("views lock").push(view);
+                        }
+                        continue;
+                    }
                 },
             };
             if !matches!(outcome, Outcome::Ok { .. }) {
