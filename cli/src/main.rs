@@ -213,7 +213,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Envoys(EnvoysCommand::List { conditions }) => {
-            let request = ListEnvoysRequest { r#where: conditions.clone() };
+            let request = ListEnvoysRequest { r#where: conditions.clone(), linearizable: false };
             let envoys = client.list_envoys(request).await.map_err(status)?.into_inner().envoys;
             print_envoys(&envoys, json_out);
         }

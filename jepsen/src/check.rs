@@ -255,18 +255,16 @@ pub fn linearizable(h: &History) -> Vec<Violation> {
 ///
 /// The histories being equal is `converged`'s concern; this checks what peers serve from them,
 /// so a fault in applying events (a peer whose state drifted from its own log) shows.
-/// Histories recorded without projections are not checked.
+/// Histories recorded without projections are not checked. Envoy lists read during the run
+/// are held to the history up to the event each was read at.
 pub fn projections(h: &History) -> Vec<Violation> {
-    if h.projections.is_empty() {
-        return Vec::new();
-    }
     let Some((reference_peer, reference)) = reference_history(h) else { return Vec::new() };
+    let mut details = envoy_lists(h, reference);
     let publishes = reference.iter().filter(|e| e.kind == "StackPublished").count() as u64;
     let enrolled: HashSet<&str> =
         reference.iter().filter(|e| e.kind == "EnvoyEnrolled").map(|e| e.key.as_str()).collect();
     let revoked: HashSet<&str> =
         reference.iter().filter(|e| e.kind == "EnvoyRevoked").filter_map(|e| e.key.strip_prefix("revoked:")).collect();
-    let mut details = Vec::new();
     for (peer, projection) in h.projections.iter().enumerate() {
         let Some(projection) = projection else {
             details.push(format!("peer {peer}'s projection could not be read after the heal"));
@@ -298,6 +296,34 @@ pub fn projections(h: &History) -> Vec<Violation> {
         }
     }
     capped(PROJECTIONS, details)
+}
+
+/// Every envoy list read during the run lists as many envoys, and as many revoked, as the
+/// reference history enrolls and revokes up to the event it was read at.
+fn envoy_lists(h: &History, reference: &[Event]) -> Vec<String> {
+    // counts[i]: enrollments and revocations among the first i events.
+    let mut counts = vec![(0u64, 0u64)];
+    for event in reference {
+        let (enrolled, revoked) = *counts.last().unwrap_or(&(0, 0));
+        counts.push((
+            enrolled + u64::from(event.kind == "EnvoyEnrolled"),
+            revoked + u64::from(event.kind == "EnvoyRevoked"),
+        ));
+    }
+    let mut details = Vec::new();
+    for (op, read) in successful_reads(h) {
+        let Some(listed) = read.envoys else { continue };
+        // A read past the end of the reference is `chain`'s to report.
+        let Some(&(enrolled, revoked)) = usize::try_from(read.len).ok().and_then(|at| counts.get(at)) else { continue };
+        if (listed.listed, listed.revoked) != (enrolled, revoked) {
+            details.push(format!(
+                "envoy list op {} (of peer {}) read at event {} listed {} envoy(s), {} revoked, but the history up to \
+                 there enrolls {enrolled} and revokes {revoked}",
+                op.id, read.peer, read.len, listed.listed, listed.revoked
+            ));
+        }
+    }
+    details
 }
 
 /// Checker `election-safety`: at most one leader per term. Every peer that said it leads in a
@@ -789,7 +815,7 @@ mod tests {
     use sha2::{Digest, Sha256};
 
     use super::*;
-    use crate::history::{EnvoyState, Fault, LeaderView, Projection, Write};
+    use crate::history::{EnvoyCounts, EnvoyState, Fault, LeaderView, Projection, Write};
 
     /// A client write key, as unique as a real one.
     fn key(n: u64) -> String {
@@ -970,6 +996,39 @@ mod tests {
         assert_reports(&h, &[PROJECTIONS], PROJECTIONS, &["peer 1 shows envoy e-1 (web-1) as active", "revokes it"]);
         h.projections[1] = Some(Projection { stack_version: 3, envoys: Vec::new() });
         assert_reports(&h, &[PROJECTIONS], PROJECTIONS, &["peer 1 does not list envoy web-1"]);
+    }
+
+    #[test]
+    fn an_envoy_list_must_match_the_history_up_to_where_it_was_read() {
+        let mut with = entries();
+        with.push(("EnvoyEnrolled", "web-1".into()));
+        let mut h = history_with(&with);
+        let enroll = Op {
+            id: 20,
+            client: 4,
+            kind: OpKind::Write(Write::Enroll { key: "web-1".into() }),
+            invoke_us: 1310,
+            complete_us: 1320,
+            outcome: ok(None),
+        };
+        let full = events(&with);
+        let list = |listed: u64| {
+            let mut read = ReadResult::of(0, &full);
+            read.envoys = Some(EnvoyCounts { listed, revoked: 0 });
+            Op {
+                id: 21,
+                client: 4,
+                kind: OpKind::Read { peer: 0 },
+                invoke_us: 1330,
+                complete_us: 1340,
+                outcome: Outcome::Ok { index: None, read: Some(read) },
+            }
+        };
+        h.ops.extend([enroll, list(1)]);
+        assert!(check_all(&h).ok(), "{}", check_all(&h).summary());
+        h.ops.pop();
+        h.ops.push(list(0));
+        assert_reports(&h, &[PROJECTIONS], PROJECTIONS, &["envoy list op 21 (of peer 0) read at event 9", "enrolls 1"]);
     }
 
     fn valid() -> History {

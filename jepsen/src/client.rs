@@ -116,6 +116,31 @@ impl Client {
         (write, outcome)
     }
 
+    /// Lists this peer's envoys linearizably: recorded as a read of the history up to the event
+    /// the list was taken at, with how many envoys it listed and how many of them revoked.
+    pub async fn read_envoys(&mut self, peer: usize) -> Outcome {
+        let request = vigo_proto::admin::ListEnvoysRequest { r#where: Vec::new(), linearizable: true };
+        match tokio::time::timeout(OP_TIMEOUT, self.admin.list_envoys(request)).await {
+            Ok(Ok(reply)) => {
+                let reply = reply.into_inner();
+                let envoys = crate::history::EnvoyCounts {
+                    listed: reply.envoys.len() as u64,
+                    revoked: reply.envoys.iter().filter(|e| e.revoked).count() as u64,
+                };
+                let read = ReadResult {
+                    peer,
+                    len: reply.as_of_index,
+                    last_hash: if reply.as_of_index == 0 { String::new() } else { hex::encode(&reply.as_of_hash) },
+                    chain_error: None,
+                    envoys: Some(envoys),
+                };
+                Outcome::Ok { index: None, read: Some(read) }
+            }
+            Ok(Err(status)) => outcome_of(&status),
+            Err(_) => Outcome::Unknown { reason: format!("no answer within {OP_TIMEOUT:?}") },
+        }
+    }
+
     /// This peer's own view of the cluster: node id, role, term and the leader it knows of.
     pub async fn status(&mut self) -> Option<(u64, String, u64, Option<u64>)> {
         let request = vigo_proto::admin::ServerStatusRequest {};
@@ -127,7 +152,8 @@ impl Client {
     pub async fn projection(&mut self) -> Option<crate::history::Projection> {
         let read = async {
             let compliance = self.admin.report_compliance(vigo_proto::admin::ReportComplianceRequest {}).await?;
-            let envoys = self.admin.list_envoys(vigo_proto::admin::ListEnvoysRequest { r#where: Vec::new() }).await?;
+            let request = vigo_proto::admin::ListEnvoysRequest { r#where: Vec::new(), linearizable: false };
+            let envoys = self.admin.list_envoys(request).await?;
             Ok::<_, tonic::Status>((compliance.into_inner().stack_version, envoys.into_inner().envoys))
         };
         let (stack_version, envoys) = tokio::time::timeout(OP_TIMEOUT, read).await.ok()?.ok()?;

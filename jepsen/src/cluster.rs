@@ -127,11 +127,12 @@ impl Cluster {
             Ok(_) => Ok(child),
             Err(_) => {
                 let _ = child.kill();
-                let _ = child.wait();
+                let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+                let log = std::fs::read_to_string(dir.with_extension("log")).unwrap_or_default();
+                let last = log.lines().last().unwrap_or("(no log)").to_string();
                 bail!(
-                    "vigosrv on {} did not start within {START_WAIT:?}; see {}",
-                    dir.display(),
-                    dir.with_extension("log").display()
+                    "vigosrv on {} did not start within {START_WAIT:?} ({status}); its log ends: {last}",
+                    dir.display()
                 )
             }
         }

@@ -54,6 +54,18 @@ pub struct ReadResult {
     pub last_hash: String,
     /// Why the events returned were not one hash chain from index 1, when they were not.
     pub chain_error: Option<String>,
+    /// For an envoy list (read at event `len`): how many envoys it listed, and revoked.
+    #[serde(default)]
+    pub envoys: Option<EnvoyCounts>,
+}
+
+/// What an envoy list held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvoyCounts {
+    /// Envoys listed (every one ever enrolled).
+    pub listed: u64,
+    /// Of those, revoked.
+    pub revoked: u64,
 }
 
 impl ReadResult {
@@ -77,6 +89,7 @@ impl ReadResult {
             len: events.len() as u64,
             last_hash: events.last().map(|e| e.hash.clone()).unwrap_or_default(),
             chain_error,
+            envoys: None,
         }
     }
 }

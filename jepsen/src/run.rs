@@ -169,6 +169,7 @@ enum Plan {
     Enroll,
     Revoke,
     Read,
+    Envoys,
     Status,
 }
 
@@ -194,7 +195,7 @@ impl Worker {
         let mut n = 0u64;
         while Instant::now() < end {
             let peer = rng.random_range(0..self.addrs.len());
-            let choice = rng.random_range(0..10);
+            let choice = rng.random_range(0..11);
             let id = self.next_id.fetch_add(1, Relaxed);
             let invoke_us = us(self.start);
             let connection = match &mut connections[peer] {
@@ -217,6 +218,7 @@ impl Worker {
                 6 if !envoys.is_empty() => Plan::Revoke,
                 6 => Plan::Publish,
                 7..=8 => Plan::Read,
+                9 => Plan::Envoys,
                 _ => Plan::Status,
             };
             let (kind, outcome) = match connection {
@@ -227,9 +229,9 @@ impl Worker {
                         Plan::Token => Write::Token { key: String::new() },
                         Plan::Enroll => Write::Enroll { key: hostname.clone() },
                         Plan::Revoke => Write::Revoke { key: format!("revoked:{}", envoys[0]) },
-                        Plan::Read | Plan::Status => Write::Token { key: String::new() },
+                        Plan::Read | Plan::Envoys | Plan::Status => Write::Token { key: String::new() },
                     };
-                    let kind = if matches!(plan, Plan::Read | Plan::Status) {
+                    let kind = if matches!(plan, Plan::Read | Plan::Envoys | Plan::Status) {
                         OpKind::Read { peer }
                     } else {
                         OpKind::Write(write)
@@ -258,6 +260,7 @@ impl Worker {
                         (OpKind::Write(write), outcome)
                     }
                     Plan::Read => (OpKind::Read { peer }, client.read(peer, true).await),
+                    Plan::Envoys => (OpKind::Read { peer }, client.read_envoys(peer).await),
                     Plan::Status => {
                         // Not an operation on the history: a view of who leads, for the
                         // election-safety checker. The next operation goes on at once.

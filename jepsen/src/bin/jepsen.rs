@@ -92,7 +92,14 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         fault_length: Duration::from_secs_f64(args.fault_length),
         liveness: Duration::from_secs_f64(args.liveness),
     };
-    let history = vigo_jepsen::run::run(&config).await?;
+    let history = match vigo_jepsen::run::run(&config).await {
+        Ok(history) => history,
+        Err(e) => {
+            // Keep the peers' data and logs for whoever looks into it.
+            let kept = work.keep();
+            return Err(e.context(format!("peer data and logs kept in {}", kept.display())));
+        }
+    };
     let report = vigo_jepsen::check::check_all(&history);
     let results = args.results.clone().unwrap_or_else(|| PathBuf::from(format!("results/{}", args.seed)));
     vigo_jepsen::report::write(&results, &history, &report)?;

@@ -122,6 +122,9 @@ impl Admin for AdminService {
         admin(&request)?;
         let query =
             Query::parse(&request.get_ref().r#where, now_ms()).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if request.get_ref().linearizable {
+            self.node.log.read_barrier().await.map_err(crate::error::log_status)?;
+        }
         let control = self.node.control();
         let live = control.stack_version();
         let store = self.node.fleet.trait_store();
@@ -145,7 +148,8 @@ impl Admin for AdminService {
                 Some(envoy_info(e, &obs))
             })
             .collect();
-        Ok(Response::new(ListEnvoysResponse { envoys }))
+        let (as_of_index, as_of_hash) = (control.last_index(), control.last_hash().to_vec());
+        Ok(Response::new(ListEnvoysResponse { envoys, as_of_index, as_of_hash }))
     }
 
     async fn show_envoy(&self, request: Request<ShowEnvoyRequest>) -> Result<Response<ShowEnvoyResponse>, Status> {
