@@ -41,6 +41,9 @@ pub enum LogError {
         /// What went wrong.
         reason: String,
     },
+    /// Another peer sent a request this one cannot read.
+    #[error("malformed peer request: {0}")]
+    BadRequest(String),
     /// A membership or leadership change cannot be made.
     #[error("membership change refused: {0}")]
     Membership(String),

@@ -305,8 +305,7 @@ impl LogNode {
     /// Answers another peer's Raft RPC: `payload` is openraft's request, postcard-encoded; the
     /// answer is `Result<response, RaftError>`, postcard-encoded.
     pub async fn handle_raft(&self, rpc: i32, payload: &[u8]) -> Result<Vec<u8>, LogError> {
-        let malformed =
-            |e: postcard::Error| LogError::Peer { addr: "caller".into(), reason: format!("bad request: {e}") };
+        let malformed = |e: postcard::Error| LogError::BadRequest(format!("raft rpc {rpc} does not decode: {e}"));
         let encoded = match RaftRpc::try_from(rpc) {
             Ok(RaftRpc::AppendEntries) => {
                 let request = postcard::from_bytes(payload).map_err(malformed)?;
@@ -321,7 +320,7 @@ impl LogNode {
                 postcard::to_stdvec(&self.raft.install_snapshot(request).await)
             }
             Ok(RaftRpc::Unspecified) | Err(_) => {
-                return Err(LogError::Peer { addr: "caller".into(), reason: format!("unknown raft rpc {rpc}") });
+                return Err(LogError::BadRequest(format!("unknown raft rpc {rpc}")));
             }
         };
         encoded.map_err(|e| LogError::Fatal(format!("cannot encode a raft answer: {e}")))

@@ -39,6 +39,7 @@ pub fn log_status(e: LogError) -> Status {
     match e {
         LogError::Refused(c) => refused(c),
         LogError::RefusedByLeader(_) | LogError::Stale(_) | LogError::Membership(_) => Status::failed_precondition(msg),
+        LogError::BadRequest(_) => Status::invalid_argument(msg),
         LogError::NotLeader { .. }
         | LogError::NoLeader
         | LogError::NoQuorum(_)

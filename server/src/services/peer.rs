@@ -117,10 +117,7 @@ impl Peer for PeerService {
     async fn raft(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         peer(&request)?;
         let req = request.into_inner();
-        let payload = self.log.handle_raft(req.rpc, &req.payload).await.map_err(|e| match e {
-            LogError::Peer { reason, .. } => Status::invalid_argument(reason),
-            other => log_status(other),
-        })?;
+        let payload = self.log.handle_raft(req.rpc, &req.payload).await.map_err(log_status)?;
         Ok(Response::new(RaftReply { payload }))
     }
 
