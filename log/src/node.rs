@@ -157,8 +157,6 @@ impl LogNode {
     /// checks it against its own state and commits it; this peer answers once it has applied
     /// the event too, so a client reads its own write wherever it asks next.
     pub async fn propose(&self, proposal: EventProposal) -> Result<EventEnvelope, LogError> {
-        let event = proposal.event.as_ref().ok_or(ControlError::Empty)?;
-        self.state().validate(event, proposal.proposed_at_ms)?;
         match self.propose_here(proposal.clone()).await {
             Err(LogError::NotLeader { leader_hint: Some(addr) }) => self.forward(&addr, proposal).await,
             Err(LogError::NotLeader { leader_hint: None }) => Err(LogError::NoLeader),
@@ -173,7 +171,8 @@ impl LogNode {
         self.propose_here(proposal).await
     }
 
-    /// Validates and commits `proposal` on this peer.
+    /// Validates `proposal` against this peer's state and commits it here ([`LogError::NotLeader`]
+    /// on a follower, only once it passed).
     async fn propose_here(&self, proposal: EventProposal) -> Result<EventEnvelope, LogError> {
         let _shared = self.propose_lock.read().await;
         let event = proposal.event.as_ref().ok_or(ControlError::Empty)?;

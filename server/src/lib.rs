@@ -145,7 +145,7 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 
         serving.await?.context("the peer service failed while joining")?;
         tracing::info!(node_id = identity.node_id, "joined the cluster as a voter");
     }
-    if let Some(index) = removed_at(&log.state(), identity.node_id) {
+    if let Some(index) = log.state().peer_removed_at(identity.node_id) {
         log.shutdown().await.context("log shutdown")?;
         anyhow::bail!(
             "this peer (node {}) was removed from the cluster at event {index}; wipe {} and join again with a new \
@@ -250,11 +250,6 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 
     tokio::task::spawn_blocking(move || flusher.stop()).await?;
     node.log.shutdown().await.context("log shutdown")?;
     Ok(())
-}
-
-/// The event index at which peer `node_id` was removed from the cluster, if it was.
-fn removed_at(state: &vigo_state::ControlState, node_id: u64) -> Option<u64> {
-    state.peer(node_id).and_then(|p| p.removed_index)
 }
 
 /// `vigosrv force-recover`: makes the peer whose (stopped) data dir is `data_dir` the sole

@@ -4,9 +4,10 @@
 //! again against the state it follows when it applies, and drops (and reports) one that no
 //! longer holds, on every peer alike (I-1). Writes that stand alone (tokens, enrollments,
 //! revocations) are proposed concurrently, so the log batches them ([`Node::commit_event`]).
-//! Writes derived from the state (a publish takes the next stack version, an admission the
-//! next node id) are made and committed one at a time under `write_lock` ([`Node::commit`]),
-//! so two of them never derive the same value. This is the admin path, never the check-in path.
+//! Writes derived from the state (an admission takes the next node id, a revocation finds the
+//! envoy by hostname) are made and committed one at a time under `write_lock`
+//! ([`Node::commit`]), so two of them never derive from the same state. A publish needs no lock:
+//! it proposes "the next version", filled in when it commits (`ControlState::assign`). This is the admin path, never the check-in path.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -123,7 +124,7 @@ impl Node {
     pub async fn removed(&self) -> u64 {
         let mut applied = self.log.watch_applied();
         let index = loop {
-            if let Some(index) = self.control().peer(self.log.node_id()).and_then(|p| p.removed_index) {
+            if let Some(index) = self.control().peer_removed_at(self.log.node_id()) {
                 break index;
             }
             if applied.changed().await.is_err() {
@@ -145,9 +146,8 @@ impl Node {
 
     /// Where envoys reach the cluster: this peer first, then every other current peer.
     pub fn servers(&self) -> Vec<String> {
-        let control = self.control();
-        let others = control.peers().filter(|p| p.removed_index.is_none() && p.addr != self.settings.listen);
-        std::iter::once(self.settings.listen.clone()).chain(others.map(|p| p.addr.clone())).collect()
+        let others = self.control().peer_addrs().into_iter().filter(|addr| *addr != self.settings.listen);
+        std::iter::once(self.settings.listen.clone()).chain(others).collect()
     }
 
     /// The control snapshot as of the last applied event.

@@ -278,6 +278,11 @@ impl ControlState {
         self.peers.get(&node_id).is_some_and(|p| p.removed_index.is_none())
     }
 
+    /// The event index at which peer `node_id` was removed, if it was.
+    pub fn peer_removed_at(&self, node_id: u64) -> Option<u64> {
+        self.peers.get(&node_id).and_then(|p| p.removed_index)
+    }
+
     /// The node id the next admitted peer gets: ids are never reused.
     pub fn next_peer_id(&self) -> u64 {
         self.peers.keys().next_back().map_or(1, |last| last + 1)

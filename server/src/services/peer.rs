@@ -90,7 +90,7 @@ pub async fn change_membership(node: &Node, request: ChangeMembershipRequest) ->
     match request.change {
         Some(Change::Remove(node_id)) => {
             let member = log.status().members.iter().any(|m| m.node_id == node_id);
-            let admitted = node.control().peer(node_id).is_some_and(|p| p.removed_index.is_none());
+            let admitted = node.control().is_member(node_id);
             if !member && !admitted {
                 return Err(crate::error::refused(ControlError::PeerUnknown(node_id)));
             }
@@ -190,7 +190,7 @@ impl Peer for PeerService {
         let state = self.log.state();
         let entry = state
             .peer(node_id)
-            .filter(|p| p.removed_index.is_none())
+            .filter(|_| state.is_member(node_id))
             .ok_or_else(|| crate::error::refused(ControlError::PeerUnknown(node_id)))?;
         self.log.add_voter(node_id, &entry.addr).await.map_err(log_status)?;
         Ok(Response::new(AddVoterReply { node_id }))
