@@ -903,8 +903,8 @@ mod tests {
                 publish(9, 2, 9, (1200, 1300), unknown()),
             ],
             faults: vec![
-                Fault { at_us: 320, what: "partition".into(), peers: vec![2] },
-                Fault { at_us: 1400, what: "heal".into(), peers: vec![0, 1, 2] },
+                Fault { at_us: 320, what: "partition".into(), peers: vec![2], point: None },
+                Fault { at_us: 1400, what: "heal".into(), peers: vec![0, 1, 2], point: None },
             ],
             healed_us: Some(1400),
             live_after_heal: Some(true),

@@ -1,7 +1,8 @@
 //! The peers of a run as real `vigosrv` processes on loopback: founding one, joining the others
 //! to it, and the faults — `kill -9` and restart on the same address and data, `SIGSTOP` and
-//! `SIGCONT`, and partitions through the proxies in front of the peers (`proxy.rs`). Every
-//! peer is killed and every partition healed when the cluster is dropped.
+//! `SIGCONT`, partitions through the proxies in front of the peers (`proxy.rs`), and crashes at
+//! a named crash point (`vigo_log::crash`), armed through each peer's crash file. Every peer is
+//! killed and every partition healed when the cluster is dropped.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -109,6 +110,7 @@ impl Cluster {
             .arg(dir)
             .args(["--listen", listen, "--advertise", advertise, "--check-in-interval", "5"])
             .args(extra)
+            .env(vigo_log::crash::CRASH_FILE_ENV, crash_file(dir))
             .env("RUST_LOG", std::env::var("JEPSEN_PEER_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
             .stderr(log)
@@ -126,6 +128,12 @@ impl Cluster {
         match rx.recv_timeout(START_WAIT) {
             Ok(_) => Ok(child),
             Err(_) => {
+                let log = std::fs::read_to_string(dir.with_extension("log")).unwrap_or_default();
+                if log.lines().last().is_some_and(|l| l.starts_with("crash point reached: ")) {
+                    // It died where it was armed to, before it said it listens: `await_crash`
+                    // reaps it.
+                    return Ok(child);
+                }
                 let _ = child.kill();
                 let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
                 let log = std::fs::read_to_string(dir.with_extension("log")).unwrap_or_default();
@@ -176,6 +184,42 @@ impl Cluster {
         let child = self.spawn(&dir, &listen, &addr, &[])?;
         self.peers[i].child = Some(child);
         Ok(())
+    }
+
+    /// Arms crash point `point` on peer `i`: the next time it passes there, it dies.
+    pub fn arm(&self, i: usize, point: &str) -> anyhow::Result<()> {
+        std::fs::write(crash_file(&self.peers[i].dir), format!("{point}\n")).context("cannot arm a crash point")
+    }
+
+    /// Disarms peer `i`'s crash points.
+    pub fn disarm(&self, i: usize) {
+        let _ = std::fs::remove_file(crash_file(&self.peers[i].dir));
+    }
+
+    /// Waits up to `within` for peer `i` to die at an armed crash point, and disarms it either
+    /// way. Returns the point it died at, read from its log; `None` if it is still running or
+    /// died otherwise.
+    pub fn await_crash(&mut self, i: usize, within: Duration) -> Option<String> {
+        let deadline = std::time::Instant::now() + within;
+        let mut exited = false;
+        while let Some(child) = self.peers[i].child.as_mut()
+            && std::time::Instant::now() < deadline
+        {
+            if child.try_wait().ok().flatten().is_some() {
+                self.peers[i].child = None;
+                self.peers[i].paused = false;
+                exited = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.disarm(i);
+        if !exited {
+            return None;
+        }
+        // A peer that dies at a crash point writes that line last, then SIGKILLs itself.
+        let log = std::fs::read_to_string(self.peers[i].dir.with_extension("log")).unwrap_or_default();
+        log.lines().last().and_then(|l| l.strip_prefix("crash point reached: ")).map(str::to_string)
     }
 
     /// `SIGSTOP` peer `i`.
@@ -231,6 +275,11 @@ impl Cluster {
         }
         Ok(())
     }
+}
+
+/// Where peer `dir`'s armed crash points are written.
+fn crash_file(dir: &Path) -> PathBuf {
+    dir.with_extension("crash")
 }
 
 fn signal(pid: u32, name: &str) -> bool {

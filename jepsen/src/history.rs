@@ -174,6 +174,9 @@ pub struct Fault {
     pub what: String,
     /// The peers it touched.
     pub peers: Vec<usize>,
+    /// For a crash at a crash point: which one the peer died at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub point: Option<String>,
 }
 
 /// A whole run.

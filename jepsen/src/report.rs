@@ -34,7 +34,11 @@ pub fn counts(h: &History) -> serde_json::Value {
     }
     let mut faults = std::collections::BTreeMap::<String, u64>::new();
     for fault in &h.faults {
-        *faults.entry(fault.what.clone()).or_default() += 1;
+        let what = match &fault.point {
+            Some(point) => format!("{} at {point}", fault.what),
+            None => fault.what.clone(),
+        };
+        *faults.entry(what).or_default() += 1;
     }
     json!({ "ops": h.ops.len(), "by_outcome": ops, "faults": faults })
 }

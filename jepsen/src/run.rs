@@ -15,6 +15,8 @@ use anyhow::Context;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use vigo_log::crash;
+
 use crate::client::Client;
 use crate::cluster::Cluster;
 use crate::history::{Fault, History, LeaderView, Op, OpKind, Outcome, Write};
@@ -37,10 +39,12 @@ pub enum FaultKind {
     /// Split the peers into two sides that only one peer in the middle still sees both of
     /// (needs five peers), heal later.
     Bridge,
-    /// Ask a peer to build a snapshot and `kill -9` it while it does; restart it later.
+    /// Ask a peer to build a snapshot and have it die (`SIGKILL`) at a crash point in the
+    /// build, before or after the snapshot is recorded; restart it later.
     CrashInSnapshot,
     /// Take a follower down, compact the leader's log so that it must catch up by snapshot,
-    /// restart it and `kill -9` it while the snapshot installs; restart it later.
+    /// restart it and have it die at a crash point in the install, before or after the
+    /// snapshot is written; restart it later.
     CrashInInstall,
 }
 
@@ -85,6 +89,9 @@ pub struct RunConfig {
     /// How long after the heal the cluster has to acknowledge a write.
     pub liveness: Duration,
 }
+
+/// How long a peer armed at a crash point has to get there.
+const CRASH_WAIT: Duration = Duration::from_secs(10);
 
 /// Microseconds since `start`.
 fn us(start: Instant) -> u64 {
@@ -142,6 +149,7 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<History> {
         at_us: healed_us,
         what: "heal".into(),
         peers: (0..addrs.len()).collect(),
+        point: None,
     });
     let live = liveness(&addrs, &tls, config, &ops, &next_id, start).await;
     let (finals, projections) = final_reads(&addrs, &tls, config.liveness).await;
@@ -304,8 +312,26 @@ fn nemesis(
         return Ok(());
     }
     let mut rng = StdRng::seed_from_u64(config.seed);
-    let record = |what: &str, peer: usize| {
-        faults.lock().expect("faults lock").push(Fault { at_us: us(start), what: what.into(), peers: vec![peer] });
+    let record_at = |what: &str, peer: usize, point: Option<String>| {
+        faults.lock().expect("faults lock").push(Fault {
+            at_us: us(start),
+            what: what.into(),
+            peers: vec![peer],
+            point,
+        });
+    };
+    let record = |what: &str, peer: usize| record_at(what, peer, None);
+    // Dies at the armed point, or is killed if it never gets there in time (recorded as a
+    // plain kill, so a crash counted at a point is one that happened there).
+    let crash = |peer: usize, what: &str| {
+        let died_at = cluster.lock().expect("cluster lock").await_crash(peer, CRASH_WAIT);
+        if died_at.is_none() {
+            cluster.lock().expect("cluster lock").kill(peer);
+        }
+        match died_at {
+            Some(point) => record_at(what, peer, Some(point)),
+            None => record("kill", peer),
+        }
     };
     loop {
         let gap = config.fault_gap.mul_f64(rng.random_range(0.5..1.5));
@@ -330,10 +356,11 @@ fn nemesis(
                 record("restart", peer);
             }
             FaultKind::CrashInSnapshot => {
+                let point =
+                    [crash::SNAPSHOT_BUILD_BEFORE_RECORD, crash::SNAPSHOT_BUILD_AFTER_RECORD][rng.random_range(0..2)];
+                cluster.lock().expect("cluster lock").arm(peer, point)?;
                 cluster.lock().expect("cluster lock").compact(peer, false)?;
-                std::thread::sleep(Duration::from_millis(rng.random_range(0..50)));
-                cluster.lock().expect("cluster lock").kill(peer);
-                record("crash-in-snapshot", peer);
+                crash(peer, "crash-in-snapshot");
                 std::thread::sleep(length);
                 cluster.lock().expect("cluster lock").restart(peer)?;
                 record("restart", peer);
@@ -344,15 +371,16 @@ fn nemesis(
                 let follower = (leader + 1 + rng.random_range(0..addrs.len() - 1)) % addrs.len();
                 cluster.lock().expect("cluster lock").kill(follower);
                 record("kill", follower);
+                // Writes go on without it meanwhile; the compaction then purges them from the
+                // leader's log, so it can only catch up by snapshot.
                 std::thread::sleep(length / 2);
                 cluster.lock().expect("cluster lock").compact(leader, true)?;
+                let point =
+                    [crash::SNAPSHOT_INSTALL_BEFORE_WRITE, crash::SNAPSHOT_INSTALL_AFTER_WRITE][rng.random_range(0..2)];
+                cluster.lock().expect("cluster lock").arm(follower, point)?;
                 cluster.lock().expect("cluster lock").restart(follower)?;
                 record("restart", follower);
-                // Somewhere in its catch-up: the leader notices it within a heartbeat or two
-                // and sends the snapshot; the crash lands before, in or after the install.
-                std::thread::sleep(Duration::from_millis(rng.random_range(50..400)));
-                cluster.lock().expect("cluster lock").kill(follower);
-                record("crash-in-install", follower);
+                crash(follower, "crash-in-install");
                 std::thread::sleep(length / 2);
                 cluster.lock().expect("cluster lock").restart(follower)?;
                 record("restart", follower);
@@ -376,6 +404,7 @@ fn nemesis(
                     at_us: us(start),
                     what: what.into(),
                     peers: a.iter().chain(&b).copied().collect(),
+                    point: None,
                 });
                 std::thread::sleep(length);
                 cluster.lock().expect("cluster lock").heal_network();
@@ -383,6 +412,7 @@ fn nemesis(
                     at_us: us(start),
                     what: "heal-partition".into(),
                     peers: (0..n).collect(),
+                    point: None,
                 });
             }
             FaultKind::Partition | FaultKind::PartitionLeader => {

@@ -21,6 +21,7 @@ use serde::de::DeserializeOwned;
 use crate::error::LogError;
 use crate::history::History;
 use crate::log_store::LogStore;
+use crate::snapshot::Receiving;
 use crate::state_machine::StateMachineStore;
 
 /// Raft log entries.
@@ -40,8 +41,9 @@ const COLUMN_FAMILIES: [&str; 4] = [CF_LOGS, CF_STORE, CF_HISTORY, CF_SM];
 /// corrupt archive fails here with the index of the first bad event.
 pub fn open_storage(log_dir: &Path) -> Result<(LogStore, StateMachineStore), LogError> {
     let db = open_db(log_dir)?;
-    let sm = StateMachineStore::open(db.clone())?;
-    Ok((LogStore::new(db), sm))
+    let receiving = Receiving::default();
+    let sm = StateMachineStore::open(db.clone(), receiving.clone())?;
+    Ok((LogStore::new(db, receiving), sm))
 }
 
 impl History {

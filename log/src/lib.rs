@@ -9,7 +9,7 @@
 //!
 //! Files follow openraft's examples: [`types`] (type config), [`log_store`] (Raft log and vote),
 //! [`state_machine`] (apply, publish), [`history`] (archive reads, chain verification, replay),
-//! [`snapshot`], [`network`] (peer transport), [`node`] (the [`LogNode`] facade the server
+//! [`snapshot`] (with its [`crash`] points), [`network`] (peer transport), [`node`] (the [`LogNode`] facade the server
 //! uses), [`error`], [`limits`].
 //!
 //! **Architecture Invariant:** nothing here decides whether an event is allowed; that is
@@ -20,6 +20,7 @@
 // boxing it in our helpers would only add conversions at each trait boundary.
 #![allow(clippy::result_large_err)]
 
+pub mod crash;
 mod db;
 pub mod error;
 pub mod history;

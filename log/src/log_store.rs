@@ -20,6 +20,7 @@ use openraft::{AnyError, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, S
 use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
 
 use crate::db::{self, CF_LOGS, CF_STORE};
+use crate::snapshot::Receiving;
 use crate::types::{Entry, LogId, StorageError, TypeConfig};
 
 pub(crate) const KEY_VOTE: &str = "vote";
@@ -30,11 +31,12 @@ const KEY_COMMITTED: &str = "committed";
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
+    receiving: Receiving,
 }
 
 impl LogStore {
-    pub(crate) fn new(db: Arc<DB>) -> Self {
-        Self { db }
+    pub(crate) fn new(db: Arc<DB>, receiving: Receiving) -> Self {
+        Self { db, receiving }
     }
 
     // Helpers answer plain strings; the trait methods wrap them into openraft's (large)
@@ -163,9 +165,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 
-    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        tracing::debug!(%log_id, "purging the raft log up to here (history is kept)");
+    async fn purge(&mut self, asked: LogId) -> Result<(), StorageError> {
         let write_err = |e: &dyn std::fmt::Display| StorageIOError::write_logs(AnyError::error(e));
+        // Never past a durable snapshot, even when openraft asks before one is written.
+        let Some(log_id) = self.receiving.purge_limit(&self.db, asked).map_err(|e| write_err(&e))? else {
+            tracing::debug!(%asked, "not purging the raft log while the first snapshot is on its way in");
+            return Ok(());
+        };
+        tracing::debug!(%log_id, %asked, "purging the raft log up to here (history is kept)");
         let mut batch = WriteBatch::default();
         // The purge mark and the deletion in one batch: a crash cannot leave entries deleted
         // without openraft knowing where the log now starts.

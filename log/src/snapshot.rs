@@ -10,6 +10,7 @@
 
 use std::io::Cursor;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use openraft::{AnyError, RaftSnapshotBuilder, Snapshot, StorageIOError};
 use prost::Message;
@@ -19,6 +20,7 @@ use vigo_proto::events::EventEnvelope;
 use vigo_state::chain::to_hash;
 use vigo_state::{ControlState, GENESIS_HASH, verify_next};
 
+use crate::crash;
 use crate::db::{self, CF_SM};
 use crate::error::LogError;
 use crate::history::{History, chain_error};
@@ -66,9 +68,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_event_index: self.last_event_index,
             last_event_hash: self.last_event_hash,
         };
+        crash::point(crash::SNAPSHOT_BUILD_BEFORE_RECORD);
         let mut batch = WriteBatch::default();
         put_record(&self.db, &mut batch, &record).map_err(|e| write_err(&e))?;
         self.db.write_opt(batch, &db::synced()).map_err(|e| write_err(&e))?;
+        crash::point(crash::SNAPSHOT_BUILD_AFTER_RECORD);
         tracing::info!(snapshot_id = %meta.snapshot_id, events = self.last_event_index, bytes = data.len(), "built snapshot");
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
@@ -116,6 +120,39 @@ pub(crate) fn decode_history(mut data: &[u8]) -> Result<DecodedHistory<'_>, LogE
         events.push((env.index, raw));
     }
     Ok(DecodedHistory { state, events })
+}
+
+/// Set from the first chunk of a snapshot sent by the leader until the state machine has
+/// written it; shared by the log store and the state machine of one database.
+///
+/// openraft 0.9 hands a received snapshot to the state machine and, in the same step, has the
+/// log store purge up to it, without waiting for the state machine to write it. A crash in
+/// between left the log purged past the durable snapshot, and openraft then refused to start
+/// (`purge_upto <= snapshot_last_log_id`). So while a snapshot is on its way in, the log store
+/// purges no further than the snapshot already recorded; openraft cleans up the rest at the
+/// next start or purge.
+#[derive(Clone, Default)]
+pub(crate) struct Receiving(Arc<AtomicBool>);
+
+impl Receiving {
+    pub(crate) fn begin(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// Called once the received snapshot is durable.
+    pub(crate) fn end(&self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+
+    /// How far the log store may purge when openraft asks for `upto`: all of it, unless a
+    /// snapshot is on its way in; then up to the recorded snapshot at most (`None`: not at all).
+    pub(crate) fn purge_limit(&self, db: &DB, upto: LogId) -> Result<Option<LogId>, LogError> {
+        if !self.0.load(Ordering::SeqCst) {
+            return Ok(Some(upto));
+        }
+        let recorded = read_record(db)?.and_then(|r| r.meta.last_log_id);
+        Ok(recorded.map(|r| r.min(upto)))
+    }
 }
 
 /// The recorded current snapshot, if one was built or installed.

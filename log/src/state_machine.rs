@@ -19,10 +19,11 @@ use rocksdb::{DB, WriteBatch};
 use tokio::sync::watch;
 use vigo_state::{ControlState, seal};
 
+use crate::crash;
 use crate::db::{self, CF_SM};
 use crate::error::LogError;
 use crate::history::{self, History};
-use crate::snapshot::{self, SnapshotBuilder, SnapshotRecord};
+use crate::snapshot::{self, Receiving, SnapshotBuilder, SnapshotRecord};
 use crate::types::{
     Applied, AppliedEvent, Entry, LogId, Proposal, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -68,12 +69,13 @@ pub struct StateMachineStore {
     last_applied: Option<LogId>,
     last_membership: StoredMembership,
     projection: Arc<Projection>,
+    receiving: Receiving,
 }
 
 impl StateMachineStore {
     /// Opens the state machine on `db`, rebuilding the state by replaying the archive from
     /// index 1 (verifying the chain).
-    pub(crate) fn open(db: Arc<DB>) -> Result<Self, LogError> {
+    pub(crate) fn open(db: Arc<DB>, receiving: Receiving) -> Result<Self, LogError> {
         let history = History::new(db.clone());
         let state = history.replay()?;
         let last_applied: Option<LogId> = db::get(&db, CF_SM, KEY_LAST_APPLIED).map_err(LogError::Storage)?;
@@ -86,7 +88,7 @@ impl StateMachineStore {
         }
         tracing::info!(events = state.last_index(), ?last_applied, "state rebuilt from the history");
         let projection = Arc::new(Projection::new(state.clone()));
-        Ok(Self { db, history, state, last_applied, last_membership, projection })
+        Ok(Self { db, history, state, last_applied, last_membership, projection, receiving })
     }
 
     /// The latest published state (as readers see it).
@@ -216,6 +218,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        self.receiving.begin();
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
@@ -230,6 +233,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let data = snapshot.into_inner();
         // Verify the whole chain before touching the archive (I-4 at snapshot load).
         let decoded = snapshot::decode_history(&data).map_err(|e| err(ErrorVerb::Read, &e))?;
+        crash::point(crash::SNAPSHOT_INSTALL_BEFORE_WRITE);
         let mut batch = WriteBatch::default();
         history::delete_all(&self.db, &mut batch);
         for (index, raw) in &decoded.events {
@@ -255,6 +259,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot::put_record(&self.db, &mut batch, &record).map_err(|e| err(ErrorVerb::Write, &e))?;
         // Fsynced: openraft purges its log behind an installed snapshot.
         self.db.write_opt(batch, &db::synced()).map_err(|e| err(ErrorVerb::Write, &e))?;
+        self.receiving.end();
+        crash::point(crash::SNAPSHOT_INSTALL_AFTER_WRITE);
         tracing::info!(snapshot_id = %meta.snapshot_id, events = record.last_event_index, "installed snapshot");
         self.state = decoded.state;
         self.last_applied = meta.last_log_id;

@@ -9,7 +9,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Server, enroll, envoy_once, generation_stack, text};
+use support::{Server, arm, enroll, envoy_once, generation_stack, text};
+use vigo_log::crash;
 
 fn stack(dir: &Path, generation: u32) {
     generation_stack(dir, &generation.to_string());
@@ -319,4 +320,61 @@ fn an_envoy_enrolled_before_the_peers_joined_learns_them_and_moves_when_its_peer
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(std::fs::read_to_string(root.join("generation")).unwrap(), "2\n", "converged through another peer");
     drop(c);
+}
+
+#[test]
+fn a_peer_that_dies_in_the_middle_of_a_snapshot_build_or_install_restarts_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Server::start(&tmp.path().join("a"), "127.0.0.1:0");
+    let token = join_token(&a, 2);
+    let mut b = join(&tmp.path().join("b"), &a, &token);
+    let c = join(&tmp.path().join("c"), &a, &token);
+    wait_for_voters(&a, 3);
+
+    // A follower builds a snapshot and dies before, then after, recording it.
+    for point in [crash::SNAPSHOT_BUILD_BEFORE_RECORD, crash::SNAPSHOT_BUILD_AFTER_RECORD] {
+        many_events(&a, 20);
+        wait_for_voters(&a, 3);
+        arm(&b.data_dir, point);
+        let _ = b.cli(&["server", "compact"]);
+        b.wait_crash(Duration::from_secs(20));
+        many_events(&a, 5);
+        b = Server::start(&b.data_dir.clone(), &b.addr.clone());
+        wait_for_voters(&a, 3);
+        let history = chain(&a);
+        eventually(
+            &format!("the peer that died at {point} to hold the whole history"),
+            Duration::from_secs(20),
+            || (chain(&b) == history).then_some(()),
+        );
+        // Its own next snapshot is whole: it compacts, and a restart reads it back.
+        b.cli_ok(&["server", "compact"]);
+        b.kill_and_restart();
+        assert_eq!(chain(&b), history, "after {point}");
+    }
+
+    // A follower that was away catches up by snapshot, and dies before, then after, writing it.
+    for point in [crash::SNAPSHOT_INSTALL_BEFORE_WRITE, crash::SNAPSHOT_INSTALL_AFTER_WRITE] {
+        let (dir, addr) = (b.data_dir.clone(), b.addr.clone());
+        b.kill();
+        many_events(&a, 30);
+        a.cli_ok(&["server", "compact"]);
+        let purged = status(&a).unwrap()["members"][0]["purged_index"].as_u64().unwrap();
+        arm(&dir, point);
+        b = Server::start_or_crash(&dir, &addr);
+        b.wait_crash(Duration::from_secs(20));
+        b = Server::start(&dir, &addr);
+        let s = wait_for_voters(&a, 3);
+        let installed = s["members"].as_array().unwrap().iter().find(|m| m["addr"] == addr.as_str()).cloned();
+        let installed = installed.expect("the restarted peer is a member");
+        assert!(
+            installed["snapshot_index"].as_u64().unwrap() >= purged,
+            "it caught up by snapshot after dying at {point}: {s}"
+        );
+        assert_eq!(chain(&b), chain(&a), "after {point}");
+        assert_eq!(chain(&c), chain(&a));
+    }
+    // And the cluster still takes writes everywhere.
+    b.token();
+    assert_eq!(chain(&b), chain(&a));
 }

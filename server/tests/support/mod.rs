@@ -9,6 +9,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// The file `vigosrv` on `data_dir` reads its armed crash points from.
+pub fn crash_file(data_dir: &Path) -> PathBuf {
+    data_dir.with_extension("crash")
+}
+
+/// Arms crash point `point` (`vigo_log::crash`) on the server of `data_dir`, running or not.
+pub fn arm(data_dir: &Path, point: &str) {
+    std::fs::write(crash_file(data_dir), point).expect("write crash file");
+}
+
+/// Disarms the crash points of `data_dir`'s server.
+pub fn disarm(data_dir: &Path) {
+    let _ = std::fs::remove_file(crash_file(data_dir));
+}
+
 /// Path of a workspace binary.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
@@ -35,6 +50,22 @@ impl Server {
 
     /// Starts a server with extra flags; with `--http`, also waits for the HTTP listener.
     pub fn start_with(data_dir: &Path, listen: &str, extra: &[&str]) -> Server {
+        Self::spawn(data_dir, listen, extra).unwrap_or_else(|(mut child, why)| {
+            let _ = child.kill();
+            panic!("vigosrv did not start: {why}")
+        })
+    }
+
+    /// Starts a server on `listen` that may die at an armed crash point ([`arm`]) before it
+    /// says it listens; then [`Server::wait_crash`] is what to do next.
+    pub fn start_or_crash(data_dir: &Path, listen: &str) -> Server {
+        match Self::spawn(data_dir, listen, &[]) {
+            Ok(server) => server,
+            Err((child, _)) => Server { data_dir: data_dir.to_path_buf(), addr: listen.to_string(), http: None, child },
+        }
+    }
+
+    fn spawn(data_dir: &Path, listen: &str, extra: &[&str]) -> Result<Server, (Child, String)> {
         let mut child = Command::new(bin("vigosrv"))
             .args(["run", "--data-dir"])
             .arg(data_dir)
@@ -42,6 +73,7 @@ impl Server {
             .args(if extra.contains(&"--check-in-interval") { &[][..] } else { &["--check-in-interval", "5"][..] })
             .args(extra)
             .env("RUST_LOG", "warn")
+            .env(vigo_log::crash::CRASH_FILE_ENV, crash_file(data_dir))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -64,13 +96,10 @@ impl Server {
             match rx.recv_timeout(Duration::from_secs(60)) {
                 Ok(("grpc", a)) => addr = Some(a),
                 Ok((_, a)) => http = Some(a),
-                Err(_) => {
-                    let _ = child.kill();
-                    panic!("vigosrv did not start listening within 60 s");
-                }
+                Err(e) => return Err((child, format!("no listening line within 60 s ({e})"))),
             }
         }
-        Server { data_dir: data_dir.to_path_buf(), addr: addr.expect("grpc address"), http, child }
+        Ok(Server { data_dir: data_dir.to_path_buf(), addr: addr.expect("grpc address"), http, child })
     }
 
     /// Admin credentials folder.
@@ -117,6 +146,22 @@ impl Server {
             std::thread::sleep(Duration::from_millis(50));
         }
         None
+    }
+
+    /// Waits up to `limit` for the server to die at an armed crash point ([`arm`]): killed by
+    /// `SIGKILL`, by itself.
+    pub fn wait_crash(&mut self, limit: Duration) {
+        use std::os::unix::process::ExitStatusExt;
+        let status = self.wait_exit(limit).expect("the peer dies at its armed crash point");
+        assert_eq!(status.signal(), Some(9), "died by SIGKILL at the crash point: {status}");
+        disarm(&self.data_dir);
+    }
+
+    /// Kills the server (SIGKILL) and starts it again on the same data and address.
+    pub fn kill_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        *self = Server::start(&self.data_dir.clone(), &self.addr.clone());
     }
 
     /// Kills the server at once (SIGKILL), like a crash.
