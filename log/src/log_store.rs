@@ -65,6 +65,17 @@ impl LogStore {
     }
 }
 
+/// Adds to `batch` the purge of every log entry up to `log_id` and the purge mark, together: a
+/// crash cannot leave entries deleted without openraft knowing where the log now starts. The
+/// mark never goes back.
+pub(crate) fn purge_into(db: &DB, batch: &mut WriteBatch, log_id: LogId) -> Result<(), String> {
+    let marked: Option<LogId> = db::get(db, CF_STORE, KEY_LAST_PURGED)?;
+    let mark = marked.map_or(log_id, |marked| marked.max(log_id));
+    batch.put_cf(db::cf(db, CF_STORE), KEY_LAST_PURGED, db::encode(&mark).map_err(|e| e.to_string())?);
+    batch.delete_range_cf(db::cf(db, CF_LOGS), db::index_key(0), db::index_key(log_id.index + 1));
+    Ok(())
+}
+
 fn io_error(subject: ErrorSubject<u64>, verb: ErrorVerb) -> impl FnOnce(String) -> StorageError {
     move |msg| StorageIOError::new(subject, verb, AnyError::error(msg)).into()
 }
@@ -167,17 +178,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, asked: LogId) -> Result<(), StorageError> {
         let write_err = |e: &dyn std::fmt::Display| StorageIOError::write_logs(AnyError::error(e));
-        // Never past a durable snapshot, even when openraft asks before one is written.
+        // Never past a durable snapshot, even when openraft asks before one is written (I-10).
         let Some(log_id) = self.receiving.purge_limit(&self.db, asked).map_err(|e| write_err(&e))? else {
-            tracing::debug!(%asked, "not purging the raft log while the first snapshot is on its way in");
+            tracing::debug!(%asked, "not purging the raft log while a first snapshot comes in");
             return Ok(());
         };
         tracing::debug!(%log_id, %asked, "purging the raft log up to here (history is kept)");
         let mut batch = WriteBatch::default();
-        // The purge mark and the deletion in one batch: a crash cannot leave entries deleted
-        // without openraft knowing where the log now starts.
-        batch.put_cf(db::cf(&self.db, CF_STORE), KEY_LAST_PURGED, db::encode(&log_id).map_err(|e| write_err(&e))?);
-        batch.delete_range_cf(db::cf(&self.db, CF_LOGS), db::index_key(0), db::index_key(log_id.index + 1));
+        purge_into(&self.db, &mut batch, log_id).map_err(|e| write_err(&e))?;
         // Not fsynced: purged entries are covered by a durable snapshot; if they reappear after
         // a crash, openraft purges them again.
         self.db.write(batch).map_err(|e| write_err(&e))?;

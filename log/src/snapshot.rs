@@ -128,9 +128,11 @@ pub(crate) fn decode_history(mut data: &[u8]) -> Result<DecodedHistory<'_>, LogE
 /// openraft 0.9 hands a received snapshot to the state machine and, in the same step, has the
 /// log store purge up to it, without waiting for the state machine to write it. A crash in
 /// between left the log purged past the durable snapshot, and openraft then refused to start
-/// (`purge_upto <= snapshot_last_log_id`). So while a snapshot is on its way in, the log store
-/// purges no further than the snapshot already recorded; openraft cleans up the rest at the
-/// next start or purge.
+/// (`purge_upto <= snapshot_last_log_id`). So the log store never purges past the snapshot
+/// recorded in the database ([`Receiving::purge_limit`]), and the install purges the log up to
+/// the snapshot in the same write batch as the snapshot itself (I-10). Without the latter, a
+/// purge that stopped short would leave the follower's old entries below a gap that the entries
+/// after the snapshot then open.
 #[derive(Clone, Default)]
 pub(crate) struct Receiving(Arc<AtomicBool>);
 
@@ -144,14 +146,15 @@ impl Receiving {
         self.0.store(false, Ordering::SeqCst);
     }
 
-    /// How far the log store may purge when openraft asks for `upto`: all of it, unless a
-    /// snapshot is on its way in; then up to the recorded snapshot at most (`None`: not at all).
+    /// How far the log store may purge when openraft asks for `upto`: no further than the
+    /// recorded snapshot. With none recorded, as asked (nothing to overtake), unless a first
+    /// snapshot is on its way in: then not at all (`None`), and its install purges.
     pub(crate) fn purge_limit(&self, db: &DB, upto: LogId) -> Result<Option<LogId>, LogError> {
-        if !self.0.load(Ordering::SeqCst) {
-            return Ok(Some(upto));
+        match read_record(db)?.and_then(|r| r.meta.last_log_id) {
+            Some(recorded) => Ok(Some(recorded.min(upto))),
+            None if self.0.load(Ordering::SeqCst) => Ok(None),
+            None => Ok(Some(upto)),
         }
-        let recorded = read_record(db)?.and_then(|r| r.meta.last_log_id);
-        Ok(recorded.map(|r| r.min(upto)))
     }
 }
 

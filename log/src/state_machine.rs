@@ -23,6 +23,7 @@ use crate::crash;
 use crate::db::{self, CF_SM};
 use crate::error::LogError;
 use crate::history::{self, History};
+use crate::log_store;
 use crate::snapshot::{self, Receiving, SnapshotBuilder, SnapshotRecord};
 use crate::types::{
     Applied, AppliedEvent, Entry, LogId, Proposal, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
@@ -257,6 +258,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             last_event_hash: decoded.state.last_hash(),
         };
         snapshot::put_record(&self.db, &mut batch, &record).map_err(|e| err(ErrorVerb::Write, &e))?;
+        // The log up to the snapshot goes with it, in the same batch (I-10).
+        if let Some(last) = meta.last_log_id {
+            log_store::purge_into(&self.db, &mut batch, last).map_err(|e| err(ErrorVerb::Write, &e))?;
+        }
         // Fsynced: openraft purges its log behind an installed snapshot.
         self.db.write_opt(batch, &db::synced()).map_err(|e| err(ErrorVerb::Write, &e))?;
         self.receiving.end();

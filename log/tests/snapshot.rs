@@ -105,3 +105,50 @@ async fn i4_a_tampered_snapshot_is_refused() {
     assert!(follower.history().read(1, 10).unwrap().is_empty(), "nothing was replaced");
     assert!(follower.get_current_snapshot().await.unwrap().is_none());
 }
+
+/// openraft 0.9 has a follower's log purged up to a received snapshot while the state machine
+/// may not have written it yet. Wherever the purge lands against the install, the log that is
+/// left has no gap: after the install, entries appended past the snapshot follow the purge mark
+/// directly, and a restart reads the log back whole (I-10).
+#[tokio::test]
+async fn i10_a_purge_asked_while_a_snapshot_comes_in_leaves_a_log_without_gaps() {
+    use openraft::storage::{RaftLogReader, RaftLogStorage, RaftLogStorageExt};
+
+    let (dir_l, dir_f) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut leader = populated(dir_l.path()).await;
+    leader.apply([normal(7, &token(3)), normal(8, &token(4)), normal(9, &token(5))]).await.unwrap();
+    let snapshot = leader.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    assert_eq!(snapshot.meta.last_log_id, Some(log_id(9)));
+
+    for purge_first in [true, false] {
+        let dir = dir_f.path().join(format!("purge-first-{purge_first}"));
+        {
+            let (mut log, mut follower) = open_storage(&dir).unwrap();
+            // The follower holds entries 1..=3 of its own when the leader's snapshot comes in.
+            let membership = Membership::new(vec![BTreeSet::from([1])], None);
+            let own = vec![
+                vigo_log::types::Entry { log_id: log_id(1), payload: EntryPayload::Membership(membership) },
+                normal(2, &token(1)),
+                normal(3, &stack(1)),
+            ];
+            log.blocking_append(own).await.unwrap();
+            let mut receiving = follower.begin_receiving_snapshot().await.unwrap();
+            *receiving = *snapshot.snapshot.clone();
+            if purge_first {
+                log.purge(log_id(9)).await.unwrap();
+                follower.install_snapshot(&snapshot.meta, receiving).await.unwrap();
+            } else {
+                follower.install_snapshot(&snapshot.meta, receiving).await.unwrap();
+                log.purge(log_id(9)).await.unwrap();
+            }
+            log.blocking_append([normal(10, &token(6)), normal(11, &token(7))]).await.unwrap();
+        }
+        let (mut log, _) = open_storage(&dir).unwrap();
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(9)), "purge first: {purge_first}");
+        assert_eq!(state.last_log_id, Some(log_id(11)));
+        let entries = log.try_get_log_entries(0..100).await.unwrap();
+        let indexes: Vec<u64> = entries.iter().map(|e| e.log_id.index).collect();
+        assert_eq!(indexes, [10, 11], "purge first: {purge_first}: the log follows the snapshot directly");
+    }
+}

@@ -355,6 +355,10 @@ fn a_peer_that_dies_in_the_middle_of_a_snapshot_build_or_install_restarts_whole(
 
     // A follower that was away catches up by snapshot, and dies before, then after, writing it.
     for point in [crash::SNAPSHOT_INSTALL_BEFORE_WRITE, crash::SNAPSHOT_INSTALL_AFTER_WRITE] {
+        // It holds log entries past its own last snapshot when it goes away.
+        b.cli_ok(&["server", "compact"]);
+        many_events(&a, 5);
+        wait_for_voters(&a, 3);
         let (dir, addr) = (b.data_dir.clone(), b.addr.clone());
         b.kill();
         many_events(&a, 30);
@@ -373,6 +377,12 @@ fn a_peer_that_dies_in_the_middle_of_a_snapshot_build_or_install_restarts_whole(
         );
         assert_eq!(chain(&b), chain(&a), "after {point}");
         assert_eq!(chain(&c), chain(&a));
+        // Its log after the install holds no gap: it takes more entries and starts again.
+        many_events(&a, 10);
+        wait_for_voters(&a, 3);
+        b.kill_and_restart();
+        wait_for_voters(&a, 3);
+        assert_eq!(chain(&b), chain(&a), "restarted after {point}");
     }
     // And the cluster still takes writes everywhere.
     b.token();
