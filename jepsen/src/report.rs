@@ -73,6 +73,7 @@ pub fn summary(h: &History, report: &Report) -> String {
     let _ = writeln!(out, "operations: {}", counts["by_outcome"]);
     let _ = writeln!(out, "faults: {}", counts["faults"]);
     out.push_str(&report.summary());
+    out.push('\n');
     out
 }
 
