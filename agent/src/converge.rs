@@ -272,7 +272,7 @@ mod tests {
             statuses(&results),
             [
                 ("file:/app.conf".into(), Status::WouldChange, "created (2 bytes, mode 0644)".into()),
-                ("exec:reload".into(), Status::WouldChange, "would run: echo reload >> reloads".into()),
+                ("exec:reload".into(), Status::WouldChange, "command: echo reload >> reloads".into()),
             ]
         );
         assert_eq!(reloads(), "");

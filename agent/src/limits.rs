@@ -28,3 +28,68 @@ pub const EXEC_STDERR_TAIL_BYTES: usize = 8 * 1024;
 /// Longest message reported for one resource (characters). Reports are queued and sent in bulk,
 /// so one runaway message must not crowd out the rest.
 pub const RESULT_MESSAGE_CHARS_MAX: usize = 1024;
+
+/// Timeout of one git command that talks to the remote (clone, fetch, ls-remote). A large
+/// repository over a slow link takes minutes; a remote that stops answering must not hold every
+/// later resource of the run.
+pub const GIT_NETWORK_TIMEOUT_S: u64 = 900;
+
+/// Timeout of one git command that only reads or writes the local clone (rev-parse, status,
+/// checkout). These take well under a second; a minute covers a huge checkout on a slow disk.
+pub const GIT_LOCAL_TIMEOUT_S: u64 = 60;
+
+/// Largest source archive a source_package downloads. Source tarballs are megabytes; a URL
+/// that streams without end must not fill the disk under `/var/cache`.
+pub const SOURCE_PACKAGE_DOWNLOAD_BYTES_MAX: u64 = 1024 * 1024 * 1024;
+
+/// Timeout of one source_package download, from connecting to the last byte. Enough for
+/// [`SOURCE_PACKAGE_DOWNLOAD_BYTES_MAX`] over a modest link; a stalled server fails the resource
+/// instead of the run.
+pub const SOURCE_PACKAGE_DOWNLOAD_TIMEOUT_S: u64 = 900;
+
+/// Most bytes a source archive may unpack to (sum of its entries' sizes). A small compressed
+/// archive can expand to fill a disk; real source trees stay far below this.
+pub const SOURCE_PACKAGE_UNPACKED_BYTES_MAX: u64 = 8 * 1024 * 1024 * 1024;
+
+/// Timeout of each build command of a source_package. Compiling a real project takes longer
+/// than an exec's default; a hung build must still end so later runs can retry it.
+pub const SOURCE_PACKAGE_BUILD_TIMEOUT_S: u64 = 3600;
+
+/// Longest user or group name accepted (characters): what the shadow tools and utmp allow, so a
+/// longer name is refused with our message before `useradd` or `groupadd` refuses it with theirs.
+pub const ACCOUNT_NAME_CHARS_MAX: usize = 32;
+
+/// Largest ROOT/etc/passwd or ROOT/etc/group read to decide a user or group resource. Real files
+/// are kilobytes; a runaway one must not be read into memory whole for every account resource.
+pub const ACCOUNT_FILE_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
+/// Timeout of one useradd, usermod, userdel, groupadd, groupmod or groupdel run. They edit a few
+/// files under a lock; `usermod --uid` also re-owns the home directory's tree, which takes longest.
+pub const ACCOUNT_TOOL_TIMEOUT_S: u64 = 300;
+
+/// Most characters of a cron.d file name taken from the resource name (a hash of the whole name
+/// follows), so a long name still gives a file name far below NAME_MAX.
+pub const CRON_FILE_NAME_STEM_CHARS_MAX: usize = 64;
+
+/// Largest existing cron.d file read to compare with the wanted entry. What the cron executor
+/// writes is one comment line and one entry; anything larger is replaced without being read whole.
+pub const CRON_FILE_BYTES_MAX: u64 = 64 * 1024;
+
+/// How long a package manager query may run (`dpkg-query`, `apt-cache policy`, `apt-get -s`,
+/// `rpm -q`, `dnf repoquery`). They read local databases and lists; a minute means something is
+/// wedged, and a check must not stall the run.
+pub const PACKAGE_QUERY_TIMEOUT_S: u64 = 60;
+
+/// How long a package manager change may run (`apt-get install/remove/update`, `dnf
+/// install/remove/makecache`). Downloads and maintainer scripts can be slow; a hung one must not
+/// stall every later run, and the process group is killed with it.
+pub const PACKAGE_CHANGE_TIMEOUT_S: u64 = 900;
+
+/// How long apt waits for another apt or dpkg (say, unattended-upgrades) to release its lock
+/// before failing; well inside [`PACKAGE_CHANGE_TIMEOUT_S`], so the wait fails with apt's own
+/// message rather than a timeout.
+pub const PACKAGE_LOCK_WAIT_S: u64 = 120;
+
+/// Largest public key a repository resource writes. An armored key of a few subkeys is a few
+/// KiB; anything this large is a mistake, not a key.
+pub const REPOSITORY_KEY_BYTES_MAX: usize = 64 * 1024;

@@ -87,13 +87,18 @@ fn lookup_id(root: &Path, file: &str, name: &str) -> Option<u32> {
 
 /// Parses `name:password:id:...` lines, skipping blanks, comments and malformed lines.
 fn find_id(content: &str, name: &str) -> Option<u32> {
-    content.lines().filter(|line| !line.starts_with('#')).find_map(|line| {
-        let mut fields = line.split(':');
-        if fields.next()? != name {
+    account_entries(content).find_map(|fields| {
+        if *fields.first()? != name {
             return None;
         }
-        fields.nth(1)?.trim().parse().ok()
+        fields.get(2)?.trim().parse().ok()
     })
+}
+
+/// The colon-separated fields of each entry of an account file (passwd, group, shadow,
+/// gshadow), skipping blank and comment lines. Callers check the number of fields they need.
+pub(super) fn account_entries(content: &str) -> impl Iterator<Item = Vec<&str>> {
+    content.lines().filter(|line| !line.is_empty() && !line.starts_with('#')).map(|line| line.split(':').collect())
 }
 
 #[cfg(test)]

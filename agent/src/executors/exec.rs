@@ -4,30 +4,26 @@
 //! `creates` (skip when that path exists under ROOT), `onlyif` (run only when that command exits
 //! 0), `unless` (skip when that command exits 0). Guard commands are checks, so they run in noop
 //! mode too and must not change anything. A notification to an exec that is not `refreshonly`
-//! adds nothing: it runs once whenever its guards let it.
+//! adds nothing: it runs once whenever its guards let it. With `user`, the command and its
+//! guards run as that account of ROOT/etc/passwd (its uid and primary gid, with `HOME`, `USER`
+//! and `LOGNAME` set from it; no supplementary groups); a user it does not list is a failure.
 //!
 //! Commands run in their own process group, so a timeout kills the whole pipeline and not just
-//! the shell. Stdin and stdout are /dev/null; the tail of stderr is kept for the failure message.
+//! the shell (`command.rs`). Stdin is /dev/null and stdout is read and dropped; the tail of
+//! stderr is kept for the failure message.
 
-use std::io::Read;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, Instant};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::Duration;
 
 use vigo_proto::bundle::ExecSpec;
 
-use super::{Context, Outcome, io_failure};
-use crate::limits::{EXEC_STDERR_TAIL_BYTES, EXEC_TIMEOUT_DEFAULT_S};
+use super::command::{self, Finished};
+use super::user::{PasswdEntry, read_passwd};
+use super::{Context, Outcome};
+use crate::limits::EXEC_TIMEOUT_DEFAULT_S;
 use crate::root::managed_path;
-
-/// How long to wait for stderr to close after the command exited. A daemon started by the
-/// command may hold it open forever; the run must not wait for that.
-const STDERR_GRACE: Duration = Duration::from_millis(500);
-
-/// How often a running command is polled for exit.
-const POLL_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Converges one exec resource.
 pub fn apply(spec: &ExecSpec, ctx: &Context<'_>) -> Outcome {
@@ -55,14 +51,20 @@ fn converge(spec: &ExecSpec, ctx: &Context<'_>) -> Result<Outcome, String> {
         return Ok(Outcome::Unchanged);
     }
     if ctx.noop {
-        return Ok(Outcome::Changed(format!("would run: {}", spec.command)));
+        return Ok(Outcome::Changed(summary(spec)));
     }
     let finished = runner.run(&spec.command)?;
     if finished.success() {
-        Ok(Outcome::Changed(format!("ran: {}", spec.command)))
+        Ok(Outcome::Changed(summary(spec)))
     } else {
         Err(finished.describe_failure())
     }
+}
+
+/// What a run of the command is reported as: the same in noop mode (the status says whether it
+/// ran or would have).
+fn summary(spec: &ExecSpec) -> String {
+    format!("command: {}", spec.command)
 }
 
 /// Where and how an exec's commands run: the same for the command and its guards.
@@ -71,12 +73,8 @@ struct Runner<'a> {
     root: &'a Path,
     cwd: PathBuf,
     timeout_s: u32,
-}
-
-/// A command that ran to its end.
-struct Finished {
-    status: ExitStatus,
-    stderr_tail: Vec<u8>,
+    /// `user`: the account to run as, from ROOT/etc/passwd.
+    account: Option<PasswdEntry>,
 }
 
 impl<'a> Runner<'a> {
@@ -90,96 +88,28 @@ impl<'a> Runner<'a> {
             0 => EXEC_TIMEOUT_DEFAULT_S,
             n => n,
         };
-        Ok(Runner { spec, root, cwd, timeout_s })
+        let account = match spec.user.as_str() {
+            "" => None,
+            user => {
+                let accounts = read_passwd(root).map_err(|err| format!("user: {err}"))?;
+                let found = accounts.into_iter().find(|a| a.name == user || user.parse() == Ok(a.uid));
+                Some(found.ok_or_else(|| format!("unknown user {user} (not in {})", root.join("etc/passwd").display()))?)
+            }
+        };
+        Ok(Runner { spec, root, cwd, timeout_s, account })
     }
 
     /// Runs `sh -c command` to its end or its timeout (an error, after killing its group).
     fn run(&self, command: &str) -> Result<Finished, String> {
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(command)
-            .current_dir(&self.cwd)
-            .envs(&self.spec.environment)
-            .env("VIGO_ROOT", self.root)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .map_err(|err| io_failure("start sh in", &self.cwd, &err))?;
-
-        let stderr_tail = Arc::new(Mutex::new(Vec::new()));
-        let (closed_tx, closed_rx) = mpsc::channel();
-        if let Some(mut stderr) = child.stderr.take() {
-            let tail = Arc::clone(&stderr_tail);
-            std::thread::spawn(move || {
-                let mut chunk = [0u8; 4096];
-                while let Ok(n @ 1..) = stderr.read(&mut chunk) {
-                    let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
-                    tail.extend_from_slice(&chunk[..n]);
-                    let excess = tail.len().saturating_sub(EXEC_STDERR_TAIL_BYTES);
-                    tail.drain(..excess);
-                }
-                let _ = closed_tx.send(());
-            });
+        let mut sh = Command::new("sh");
+        sh.arg("-c").arg(command).current_dir(&self.cwd);
+        if let Some(account) = &self.account {
+            // The account's own groups are not looked up: supplementary groups are dropped.
+            sh.uid(account.uid).gid(account.gid);
+            sh.env("HOME", &account.home).env("USER", &account.name).env("LOGNAME", &account.name);
         }
-
-        let deadline = Instant::now() + Duration::from_secs(self.timeout_s.into());
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break status,
-                Ok(None) if Instant::now() >= deadline => {
-                    kill_process_group(child.id());
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(format!("timed out after {}s", self.timeout_s));
-                }
-                Ok(None) => std::thread::sleep(POLL_INTERVAL),
-                Err(err) => return Err(format!("cannot wait for sh: {err}")),
-            }
-        };
-        let _ = closed_rx.recv_timeout(STDERR_GRACE);
-        let stderr_tail = stderr_tail.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        Ok(Finished { status, stderr_tail })
-    }
-}
-
-impl Finished {
-    fn success(&self) -> bool {
-        self.status.success()
-    }
-
-    /// "exited with code N: LAST STDERR LINE", or the signal that ended it.
-    fn describe_failure(&self) -> String {
-        let mut message = match (self.status.code(), self.status.signal()) {
-            (Some(code), _) => format!("exited with code {code}"),
-            (None, Some(signal)) => format!("killed by signal {signal}"),
-            (None, None) => format!("ended with {}", self.status),
-        };
-        let stderr = String::from_utf8_lossy(&self.stderr_tail);
-        if let Some(line) = stderr.lines().map(str::trim).rfind(|line| !line.is_empty()) {
-            message.push_str(": ");
-            message.push_str(line);
-        }
-        message
-    }
-}
-
-/// SIGKILL to the process group the command leads (it was spawned with `process_group(0)`), so
-/// the shell's children die with it and cannot hold the envoy's pipe or keep working.
-#[allow(unsafe_code)]
-fn kill_process_group(leader_pid: u32) {
-    let Ok(pgid) = libc::pid_t::try_from(leader_pid) else {
-        return;
-    };
-    if pgid <= 1 {
-        // Never signal "every process" (-1) or our own group (0) by mistake.
-        return;
-    }
-    // SAFETY: kill(2) takes two integers and touches no memory of this process. The group is
-    // the child's own, which has not been reaped yet, so its id cannot have been reused.
-    unsafe {
-        libc::kill(-pgid, libc::SIGKILL);
+        sh.envs(&self.spec.environment).env("VIGO_ROOT", self.root);
+        command::run_keeping(sh, "sh", Duration::from_secs(self.timeout_s.into()), 0)
     }
 }
 
@@ -187,6 +117,7 @@ fn kill_process_group(leader_pid: u32) {
 mod tests {
     use std::collections::HashMap;
     use std::fs;
+    use std::time::Instant;
 
     use super::*;
 
@@ -205,7 +136,7 @@ mod tests {
             environment: HashMap::from([("GREETING".into(), "hi".into())]),
             ..spec("echo \"$GREETING $VIGO_ROOT\" > out")
         };
-        assert_eq!(run(&spec, root.path(), false, false), Outcome::Changed(format!("ran: {}", spec.command)));
+        assert_eq!(run(&spec, root.path(), false, false), Outcome::Changed(format!("command: {}", spec.command)));
         assert_eq!(fs::read_to_string(root.path().join("out")).unwrap(), format!("hi {}\n", root.path().display()));
     }
 
@@ -222,7 +153,7 @@ mod tests {
     fn creates_skips_when_path_exists() {
         let root = tempfile::tempdir().unwrap();
         let spec = ExecSpec { creates: "/done".into(), ..spec("touch done") };
-        assert_eq!(run(&spec, root.path(), true, false), Outcome::Changed("would run: touch done".into()));
+        assert_eq!(run(&spec, root.path(), true, false), Outcome::Changed("command: touch done".into()));
         assert!(!root.path().join("done").exists());
         assert!(matches!(run(&spec, root.path(), false, false), Outcome::Changed(_)));
         assert_eq!(run(&spec, root.path(), false, false), Outcome::Unchanged);
@@ -248,7 +179,7 @@ mod tests {
         let spec = ExecSpec { refreshonly: true, ..spec("echo x >> reloaded") };
         assert_eq!(run(&spec, root.path(), false, false), Outcome::Unchanged);
         assert!(!root.path().join("reloaded").exists());
-        assert_eq!(run(&spec, root.path(), true, true), Outcome::Changed("would run: echo x >> reloaded".into()));
+        assert_eq!(run(&spec, root.path(), true, true), Outcome::Changed("command: echo x >> reloaded".into()));
         assert!(!root.path().join("reloaded").exists());
         assert!(matches!(run(&spec, root.path(), false, true), Outcome::Changed(_)));
         assert_eq!(fs::read_to_string(root.path().join("reloaded")).unwrap(), "x\n");
@@ -271,7 +202,7 @@ mod tests {
             ..spec("sleep 5 & echo $! > sleeper.pid; wait")
         };
         let started = Instant::now();
-        assert_eq!(run(&spec, root.path(), false, false), Outcome::Failed("timed out after 1s".into()));
+        assert_eq!(run(&spec, root.path(), false, false), Outcome::Failed("sh timed out after 1s".into()));
         assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
         let pid = fs::read_to_string(root.path().join("sleeper.pid")).unwrap();
         let stat = Path::new("/proc").join(pid.trim()).join("stat");
@@ -286,7 +217,7 @@ mod tests {
         assert!(gone, "the background sleep survived the timeout");
 
         let guard = ExecSpec { timeout_s: 1, unless: "sleep 5".into(), ..self::spec("true") };
-        assert_eq!(run(&guard, root.path(), false, false), Outcome::Failed("unless: timed out after 1s".into()));
+        assert_eq!(run(&guard, root.path(), false, false), Outcome::Failed("unless: sh timed out after 1s".into()));
     }
 
     #[test]
@@ -296,5 +227,39 @@ mod tests {
         assert!(matches!(run(&creates, root.path(), false, false), Outcome::Failed(m) if m.starts_with("creates:")));
         let cwd = ExecSpec { cwd: "/a/../..".into(), ..spec("true") };
         assert!(matches!(run(&cwd, root.path(), false, false), Outcome::Failed(m) if m.starts_with("cwd:")));
+    }
+
+    #[test]
+    fn user_runs_the_command_and_its_guards_as_that_account() {
+        let root = tempfile::tempdir().unwrap();
+        if !running_as_root() {
+            println!("skipped: running as another user needs root");
+            return;
+        }
+        fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        fs::create_dir(root.path().join("etc")).unwrap();
+        fs::write(root.path().join("etc/passwd"), "root:x:0:0::/root:/bin/sh
+runner:x:4321:4322::/home/runner:/bin/sh
+")
+            .unwrap();
+        let spec = ExecSpec {
+            user: "runner".into(),
+            onlyif: "test \"$(id -u):$(id -g):$HOME:$USER\" = 4321:4322:/home/runner:runner".into(),
+            ..spec("echo \"$(id -u) $(id -G)\" >&2; exit 1")
+        };
+        assert_eq!(
+            run(&spec, root.path(), false, false),
+            Outcome::Failed("exited with code 1: 4321 4322".into()),
+            "the guard passed as the account, and the command ran as it, without root's groups"
+        );
+        let by_uid = ExecSpec { user: "4321".into(), ..spec.clone() };
+        assert_eq!(run(&by_uid, root.path(), false, false), Outcome::Failed("exited with code 1: 4321 4322".into()));
+        let unknown = ExecSpec { user: "ghost".into(), ..spec };
+        let Outcome::Failed(message) = run(&unknown, root.path(), false, false) else { panic!("an unknown user fails") };
+        assert!(message.starts_with("unknown user ghost (not in "), "{message}");
+    }
+
+    fn running_as_root() -> bool {
+        std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
     }
 }

@@ -5,10 +5,18 @@
 //! Executors never return errors: whatever stops a resource from converging is an [`Outcome`] to
 //! report, and the run goes on with the resources that do not depend on it.
 
+mod command;
+pub mod cron;
 pub mod directory;
 pub mod exec;
 pub mod file;
+pub mod git;
+pub mod group;
+pub mod package;
+pub mod repository;
+pub mod source_package;
 pub mod symlink;
+pub mod user;
 
 mod attributes;
 
@@ -75,9 +83,18 @@ pub fn apply(resource: &Resource, ctx: &Context<'_>) -> Outcome {
         Some(Spec::Directory(spec)) => directory::apply(spec, ctx),
         Some(Spec::Symlink(spec)) => symlink::apply(spec, ctx),
         Some(Spec::Exec(spec)) => exec::apply(spec, ctx),
-        Some(Spec::Opaque(_)) => {
-            Outcome::Unsupported(format!("resource type {} is not supported by this envoy yet", resource.r#type))
-        }
+        // Types shipped as their validated stack fields in JSON; each executor reads its own.
+        Some(Spec::Opaque(spec)) => match resource.r#type.as_str() {
+            // (one arm per JSON-specified type, in the order of the stack schema)
+            "package" => package::apply(&spec.json, ctx),
+            "user" => user::apply(&spec.json, ctx),
+            "group" => group::apply(&spec.json, ctx),
+            "cron" => cron::apply(&spec.json, ctx),
+            "git" => git::apply(&spec.json, ctx),
+            "source_package" => source_package::apply(&spec.json, ctx),
+            "repository" => repository::apply(&spec.json, ctx),
+            _ => Outcome::Unsupported(format!("resource type {} is not supported by this envoy yet", resource.r#type)),
+        },
         None => Outcome::Failed(format!("resource {} carries no spec", resource.id)),
     }
 }
@@ -160,14 +177,14 @@ mod tests {
     #[test]
     fn opaque_is_unsupported() {
         let resource = Resource {
-            id: "package:nginx".into(),
-            r#type: "package".into(),
+            id: "frobnicator:nginx".into(),
+            r#type: "frobnicator".into(),
             spec: Some(Spec::Opaque(OpaqueSpec { json: "{}".into() })),
             ..Resource::default()
         };
         let ctx = Context { root: Path::new("/nonexistent"), noop: false, refresh: false };
         let outcome = apply(&resource, &ctx);
-        assert_eq!(outcome, Outcome::Unsupported("resource type package is not supported by this envoy yet".into()));
+        assert_eq!(outcome, Outcome::Unsupported("resource type frobnicator is not supported by this envoy yet".into()));
         assert_eq!(outcome.status(false), Status::Unsupported);
     }
 

@@ -164,6 +164,7 @@ const TYPES: &[TypeSchema] = &[
             opt("cwd", Kind::AbsPath),
             opt("timeout", Kind::U32),
             opt("environment", Kind::StrMap),
+            opt("user", Kind::Str),
         ],
     },
     TypeSchema {
@@ -479,9 +480,23 @@ impl Ctx<'_> {
             }
             Kind::Schedule => {
                 let text = scalar()?;
-                let n_fields = text.split_whitespace().count();
-                if !(text.starts_with('@') && n_fields == 1) && n_fields != 5 {
-                    return Err(format!("invalid {name} \"{text}\": expected five cron fields or @daily-style"));
+                // What cron itself takes, and the envoy checks again: five fields of digits,
+                // names, `*`, `/`, `,` and `-`, or one of cron's keywords.
+                const KEYWORDS: [&str; 8] =
+                    ["@reboot", "@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"];
+                let fields: Vec<&str> = text.split_whitespace().collect();
+                let valid = match fields[..] {
+                    [keyword] => KEYWORDS.contains(&keyword),
+                    [_, _, _, _, _] => fields
+                        .iter()
+                        .all(|field| field.bytes().all(|b| b.is_ascii_alphanumeric() || b"*/,-".contains(&b))),
+                    _ => false,
+                };
+                if !valid {
+                    return Err(format!(
+                        "invalid {name} \"{text}\": expected five cron fields or one of {}",
+                        KEYWORDS.join(", ")
+                    ));
                 }
                 FieldValue::Str(text.to_string())
             }
@@ -550,6 +565,7 @@ impl Ctx<'_> {
                     Some((FieldValue::Map(map), _)) => map.clone().into_iter().collect(),
                     _ => Default::default(),
                 },
+                user: values.string("user"),
             }),
             _ => {
                 match kind {

@@ -574,6 +574,20 @@ fn each_error_kind_names_file_and_line() {
             "invalid schedule",
         ),
         (
+            "cron keyword",
+            one_module("resources:\n  - { type: cron, name: c, command: x, schedule: \"@often\" }\n"),
+            "modules/m/module.yaml",
+            Some(2),
+            "invalid schedule \"@often\": expected five cron fields or one of @reboot",
+        ),
+        (
+            "cron field characters",
+            one_module("resources:\n  - { type: cron, name: c, command: x, schedule: \"0 3 * * 1;rm\" }\n"),
+            "modules/m/module.yaml",
+            Some(2),
+            "invalid schedule",
+        ),
+        (
             "repository kind",
             one_module("resources:\n  - { type: repository, name: r, kind: yum, url: \"http://x\" }\n"),
             "modules/m/module.yaml",

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The envoy's own cost: CPU and peak RSS of a no-change `envoy run --once` against a bundle of
+# 200 resources (the issue's agent target: <= 50 ms CPU, <= 15 MB RSS).
+#
+#   bash benches/envoy-run.sh                # 200 resources, 20 measured runs
+#   RESOURCES=400 RUNS=50 bash benches/envoy-run.sh
+#
+# A real vigosrv on loopback, a real enrollment, a stack with one module of RESOURCES resources
+# (files from inline content and templates, directories, symlinks, and exec resources guarded by
+# `creates`) converged once into a sandbox root; then RUNS runs that find nothing to change, each
+# a whole process: start, mTLS check-in, signature check, converge, report. Each run is timed by
+# GNU time (user + system CPU, maximum RSS). Work files go to $ENVOY_DIR (removed unless KEEP=1).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+
+RESOURCES="${RESOURCES:-200}"
+RUNS="${RUNS:-20}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/vigo-target}"
+cargo build --release --workspace --bins --quiet
+BIN="$CARGO_TARGET_DIR/release"
+
+ENVOY_DIR="${ENVOY_DIR:-$(mktemp -d /var/tmp/envoy-run.XXXXXX)}"
+mkdir -p "$ENVOY_DIR"
+server_pid=""
+cleanup() {
+  [ -z "$server_pid" ] || kill -9 "$server_pid" 2>/dev/null || true
+  wait 2>/dev/null || true
+  [ "${KEEP:-0}" = 1 ] || rm -rf "$ENVOY_DIR"
+}
+trap cleanup EXIT INT TERM
+
+RUST_LOG=warn "$BIN/vigosrv" run --data-dir "$ENVOY_DIR/server" --listen 127.0.0.1:0 \
+  > "$ENVOY_DIR/server.out" 2> "$ENVOY_DIR/server.log" &
+server_pid=$!
+for _ in $(seq 600); do
+  grep -q '^vigosrv listening on ' "$ENVOY_DIR/server.out" 2>/dev/null && break
+  sleep 0.1
+done
+addr=$(sed -n 's/^vigosrv listening on //p' "$ENVOY_DIR/server.out" | head -1)
+[ -n "$addr" ] || { echo "envoy-run.sh: vigosrv did not start" >&2; exit 1; }
+cli() { "$BIN/vigocli" --server "$addr" --creds "$ENVOY_DIR/server/admin" "$@"; }
+
+# The stack: resources in the proportions of a typical role (most of them files).
+stack="$ENVOY_DIR/stack"
+mkdir -p "$stack/modules/bench/files"
+printf -- '- match: "*"\n  modules: [bench]\n  vars:\n    greeting: hello\n' > "$stack/assign.yaml"
+printf '{{ greeting }} from {{ vigo.hostname }}\n' > "$stack/modules/bench/files/greeting.j2"
+{
+  echo "resources:"
+  for i in $(seq 1 "$RESOURCES"); do
+    case $((i % 10)) in
+      0) echo "  - { type: directory, path: /srv/bench/d$i, mode: \"0755\" }" ;;
+      1) echo "  - { type: symlink, path: /srv/bench/l$i, target: /srv/bench/f$((i + 1)) }" ;;
+      2 | 3 | 4 | 5) echo "  - { type: file, path: /srv/bench/f$i, content: \"line $i\\n\", mode: \"0644\" }" ;;
+      6 | 7 | 8) echo "  - { type: file, path: /srv/bench/t$i, template: greeting.j2, mode: \"0640\" }" ;;
+      9) echo "  - { type: exec, name: e$i, command: \"touch /dev/null\", creates: /srv/bench/f$((i - 5)) }" ;;
+    esac
+  done
+} > "$stack/modules/bench/module.yaml"
+cli config publish "$stack" > /dev/null
+
+root="$ENVOY_DIR/root"
+mkdir -p "$root"
+"$BIN/envoy" enroll --server "$addr" --token "$(cli token create)" --data-dir "$ENVOY_DIR/envoy" \
+  --hostname bench-1 > /dev/null
+# The first run converges the sandbox; what follows finds nothing to change.
+"$BIN/envoy" run --once --data-dir "$ENVOY_DIR/envoy" --root "$root" > "$ENVOY_DIR/first.log" 2>&1
+made=$(find "$root/srv/bench" -mindepth 1 | wc -l)
+
+: > "$ENVOY_DIR/runs.tsv"
+for _ in $(seq "$RUNS"); do
+  /usr/bin/time -f '%U\t%S\t%M' -a -o "$ENVOY_DIR/runs.tsv" \
+    "$BIN/envoy" run --once --data-dir "$ENVOY_DIR/envoy" --root "$root" > "$ENVOY_DIR/run.log" 2>&1
+done
+grep -q 'changed=0' "$ENVOY_DIR/run.log" || { echo "envoy-run.sh: a no-change run changed something:" >&2; cat "$ENVOY_DIR/run.log" >&2; exit 1; }
+
+sort -t$'\t' -k1,1n "$ENVOY_DIR/runs.tsv" | awk -F'\t' -v runs="$RUNS" -v resources="$RESOURCES" -v made="$made" '
+  { cpu[NR] = ($1 + $2) * 1000; rss[NR] = $3; if ($3 > max_rss) max_rss = $3 }
+  END {
+    n = asort(cpu)
+    printf "| resources | paths made | runs | CPU per run p50 / max (ms) | max RSS (MB) |\n"
+    printf "|---|---|---|---|---|\n"
+    printf "| %d | %d | %d | %.0f / %.0f | %.1f |\n", resources, made, runs, cpu[int((n + 1) / 2)], cpu[n], max_rss / 1024
+  }'
