@@ -73,7 +73,7 @@ for _ in $(seq "$RUNS"); do
   /usr/bin/time -f '%U\t%S\t%M' -a -o "$ENVOY_DIR/runs.tsv" \
     "$BIN/envoy" run --once --data-dir "$ENVOY_DIR/envoy" --root "$root" > "$ENVOY_DIR/run.log" 2>&1
 done
-grep -q 'changed=0' "$ENVOY_DIR/run.log" || { echo "envoy-run.sh: a no-change run changed something:" >&2; cat "$ENVOY_DIR/run.log" >&2; exit 1; }
+grep -Eq ': 0 changed, [0-9]+ unchanged, 0 failed, 0 skipped' "$ENVOY_DIR/run.log" || { echo "envoy-run.sh: a no-change run changed something:" >&2; cat "$ENVOY_DIR/run.log" >&2; exit 1; }
 
 sort -t$'\t' -k1,1n "$ENVOY_DIR/runs.tsv" | awk -F'\t' -v runs="$RUNS" -v resources="$RESOURCES" -v made="$made" '
   { cpu[NR] = ($1 + $2) * 1000; rss[NR] = $3; if ($3 > max_rss) max_rss = $3 }
