@@ -8,9 +8,9 @@
 //! Rules the plan enforces:
 //! - a FAILED resource makes every resource that depends on it, transitively through `requires`
 //!   and `notify` edges, SKIPPED ("skipped: dependency ID failed", naming the resource that
-//!   failed); unrelated resources still run. UNSUPPORTED does not block dependents: the envoy
-//!   cannot tell whether such a dependency holds, and stopping at every package resource would
-//!   leave most of a bundle unapplied while those types are still being built;
+//!   failed); unrelated resources still run. An UNSUPPORTED resource (a type newer than this
+//!   envoy) blocks its dependents the same way ("skipped: dependency ID is not supported"):
+//!   whatever needs it cannot be assumed to hold;
 //! - a CHANGED resource (WOULD_CHANGE in noop mode, so a dry run shows the refreshes a real run
 //!   would trigger) refreshes its notify targets.
 
@@ -53,8 +53,11 @@ pub struct Plan {
     /// An `Apply` handed out whose outcome has not been recorded yet.
     awaiting: Option<usize>,
     notified: Vec<bool>,
-    /// For each resource, the failed resource that blocks it (the first one found).
+    /// For each resource, the failed (or unsupported) resource that blocks it (the first one
+    /// found).
     blocked_by: Vec<Option<usize>>,
+    /// Which resources were unsupported, for the skip message of their dependents.
+    unsupported: Vec<bool>,
 }
 
 impl Plan {
@@ -62,7 +65,14 @@ impl Plan {
     pub fn new(resources: &[Resource]) -> crate::Result<Plan> {
         let graph = ResourceGraph::build(resources)?;
         let n = graph.len();
-        Ok(Plan { graph, cursor: 0, awaiting: None, notified: vec![false; n], blocked_by: vec![None; n] })
+        Ok(Plan {
+            graph,
+            cursor: 0,
+            awaiting: None,
+            notified: vec![false; n],
+            blocked_by: vec![None; n],
+            unsupported: vec![false; n],
+        })
     }
 
     /// The graph the plan follows.
@@ -89,18 +99,23 @@ impl Plan {
         assert_eq!(self.awaiting.take(), Some(index), "record must follow the Apply step of the same resource");
         match status {
             Status::Failed => self.block_dependents(index, index),
+            Status::Unsupported => {
+                self.unsupported[index] = true;
+                self.block_dependents(index, index);
+            }
             Status::Changed | Status::WouldChange => {
                 for &target in self.graph.notify_targets(index) {
                     self.notified[target] = true;
                 }
             }
-            Status::Unchanged | Status::Skipped | Status::Unsupported => {}
+            Status::Unchanged | Status::Skipped => {}
         }
     }
 
     /// The message of a skipped resource.
     pub fn skip_message(&self, failed: usize) -> String {
-        format!("skipped: dependency {} failed", self.graph.id(failed))
+        let why = if self.unsupported[failed] { "is not supported by this envoy" } else { "failed" };
+        format!("skipped: dependency {} {why}", self.graph.id(failed))
     }
 
     fn block_dependents(&mut self, index: usize, failed: usize) {
@@ -315,18 +330,21 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_does_not_block_and_durations_are_set() {
+    fn unsupported_blocks_its_dependents_and_durations_are_set() {
         let root = tempfile::tempdir().unwrap();
-        let package = Resource {
+        let newer = Resource {
             spec: Some(Spec::Opaque(vigo_proto::bundle::OpaqueSpec::default())),
-            ..node("package:nginx", &[], &[])
+            ..node("frobnicator:x", &[], &[])
         };
-        let slow = exec("slow", ExecSpec { command: "sleep 0.05".into(), ..ExecSpec::default() }, &["package:nginx"]);
-        let results = converge(&bundle(vec![package, slow]), root.path(), false);
+        let after = exec("after", ExecSpec { command: "true".into(), ..ExecSpec::default() }, &["frobnicator:x"]);
+        let slow = exec("slow", ExecSpec { command: "sleep 0.05".into(), ..ExecSpec::default() }, &[]);
+        let results = converge(&bundle(vec![newer, after, slow]), root.path(), false);
         assert_eq!(results[0].status(), Status::Unsupported);
-        assert_eq!(results[0].message, "resource type package is not supported by this envoy yet");
-        assert_eq!(results[1].status(), Status::Changed);
-        assert!(results[1].duration_ms >= 50, "{}", results[1].duration_ms);
+        assert_eq!(results[0].message, "resource type frobnicator is not supported by this envoy yet");
+        assert_eq!(results[1].status(), Status::Skipped);
+        assert_eq!(results[1].message, "skipped: dependency frobnicator:x is not supported by this envoy");
+        assert_eq!(results[2].status(), Status::Changed);
+        assert!(results[2].duration_ms >= 50, "{}", results[2].duration_ms);
     }
 
     #[test]

@@ -93,3 +93,29 @@ pub const PACKAGE_LOCK_WAIT_S: u64 = 120;
 /// Largest public key a repository resource writes. An armored key of a few subkeys is a few
 /// KiB; anything this large is a mistake, not a key.
 pub const REPOSITORY_KEY_BYTES_MAX: usize = 64 * 1024;
+
+/// Longest systemd unit name a service resource accepts (characters): systemd's own limit
+/// (`UNIT_NAME_MAX`, 255 plus the NUL), so a longer name is refused with our message.
+pub const SERVICE_UNIT_NAME_CHARS_MAX: usize = 255;
+
+/// How long a `systemctl` query may run (`is-enabled`, `is-active`, `show`). They read unit
+/// files or ask the manager over its socket; a wedged manager must not stall the run.
+pub const SERVICE_QUERY_TIMEOUT_S: u64 = 60;
+
+/// How long a `systemctl` change may run (`enable`, `disable`, `daemon-reload`, `start`,
+/// `stop`, `restart`). A start or stop waits for the unit's own timeouts (90 s each by
+/// default, so a restart up to three minutes); past this the unit is hung, not slow.
+pub const SERVICE_CHANGE_TIMEOUT_S: u64 = 300;
+
+/// How long a docker query may run (`container inspect`, `image inspect`). The engine answers
+/// in milliseconds; an engine that hangs must fail the resource, not the run.
+pub const DOCKER_QUERY_TIMEOUT_S: u64 = 60;
+
+/// How long a docker change to a container may run (`create`, `start`, `stop`, `unpause`,
+/// `rm --force`). `stop` waits for the container's stop timeout (10 s by default) before
+/// killing it; a start can wait on volumes and networks.
+pub const DOCKER_CHANGE_TIMEOUT_S: u64 = 300;
+
+/// How long `docker image pull` may run. Images are up to gigabytes over a modest link; a
+/// registry that stops answering fails the resource instead of holding every later run.
+pub const DOCKER_PULL_TIMEOUT_S: u64 = 1800;

@@ -7,6 +7,7 @@
 
 mod command;
 pub mod cron;
+pub mod docker;
 pub mod directory;
 pub mod exec;
 pub mod file;
@@ -14,6 +15,7 @@ pub mod git;
 pub mod group;
 pub mod package;
 pub mod repository;
+pub mod service;
 pub mod source_package;
 pub mod symlink;
 pub mod user;
@@ -86,6 +88,8 @@ pub fn apply(resource: &Resource, ctx: &Context<'_>) -> Outcome {
         // Types shipped as their validated stack fields in JSON; each executor reads its own.
         Some(Spec::Opaque(spec)) => match resource.r#type.as_str() {
             // (one arm per JSON-specified type, in the order of the stack schema)
+            "service" => service::apply(&spec.json, ctx),
+            "docker" => docker::apply(&spec.json, ctx),
             "package" => package::apply(&spec.json, ctx),
             "user" => user::apply(&spec.json, ctx),
             "group" => group::apply(&spec.json, ctx),

@@ -11,7 +11,7 @@
 //! - Checks are read-only queries (`dpkg-query`, `apt-cache policy`, `apt-get -s`, `rpm -q`,
 //!   `dnf repoquery`), so noop reports the same difference as the real run and changes nothing.
 //! - The package lists are not refreshed on every run: `latest` means newest in the lists the
-//!   host has (Debian refreshes them daily). A real run refreshes them (`apt-get update`,
+//!   host has (apt's daily timer refreshes them where enabled). A real run refreshes them (`apt-get update`,
 //!   `dnf makecache`) once when the package, or its pinned version, is not in them; noop never
 //!   does, so there such a package fails rather than guess what a refresh would bring.
 //! - Every change names the exact version it installs, never recommends or weak dependencies,
@@ -22,7 +22,9 @@
 //! dnf `--installroot`, and apt runs with a configuration of its own whose `Dir` is ROOT, so it
 //! reads ROOT's sources, keys, lists and configuration and not the host's (whose hooks, such as
 //! `DPkg::Post-Invoke`, would otherwise run against the host). That configuration is one line in
-//! a temporary file, removed when the resource is done. A sandbox root must be laid out as the
+//! a temporary file, removed when the resource is done. dnf is kept to ROOT's repositories the same
+//! way (`reposdir`). dpkg runs maintainer scripts chrooted into ROOT, so a sandbox only takes
+//! packages whose scripts find what they need there. A sandbox root must be laid out as the
 //! tools expect (the dpkg database, apt's `var/lib/apt/lists`, `var/cache/apt/archives` and
 //! `var/log/apt`); the executor does not create them.
 
@@ -203,19 +205,21 @@ fn converge_with(
 /// The version to install: the newest one matching the pin, or the candidate.
 fn pick_target(backend: &impl Backend, pin: Option<&str>, available: &Available) -> Option<String> {
     match pin {
-        Some(pin) => {
-            available.versions.iter().filter(|v| backend.matches_pin(v, pin)).max_by(|a, b| backend.compare(a, b)).cloned()
-        }
+        Some(pin) => available
+            .versions
+            .iter()
+            .filter(|v| backend.matches_pin(v, pin))
+            .max_by(|a, b| backend.compare(a, b))
+            .cloned(),
         None => available.candidate.clone(),
     }
 }
 
 fn not_available(pin: Option<&str>, available: &Available, why: &str) -> String {
     match pin {
-        Some(pin) if !available.versions.is_empty() => format!(
-            "version {pin} is not in the package lists (they offer {}; {why})",
-            available.versions.join(", ")
-        ),
+        Some(pin) if !available.versions.is_empty() => {
+            format!("version {pin} is not in the package lists (they offer {}; {why})", available.versions.join(", "))
+        }
         _ => format!("no installable version in the package lists ({why})"),
     }
 }
@@ -241,7 +245,10 @@ pub(super) fn check_root(root: &Path) -> Result<&str, String> {
     let text = root.to_str().filter(|t| t.starts_with('/'));
     match text {
         Some(text) if !text.chars().any(|c| c.is_whitespace() || c.is_control() || "\"\\'#;".contains(c)) => Ok(text),
-        _ => Err(format!("root {} must be an absolute path without spaces, quotes or control characters", root.display())),
+        _ => Err(format!(
+            "root {} must be an absolute path without spaces, quotes or control characters",
+            root.display()
+        )),
     }
 }
 
@@ -353,7 +360,8 @@ impl Backend for Apt {
 
     fn check_removal(&self, name: &str) -> Result<(), String> {
         let mut command = self.apt("apt-get");
-        command.args(["-s", "-q", "remove", name]);
+        // A simulation still writes the planner log (var/log/apt/eipp.log.xz) unless told not to.
+        command.args(["-o", "Dir::Log::Planner=", "-s", "-q", "remove", name]);
         let finished = run_ok(command, "apt-get -s remove", PACKAGE_QUERY_TIMEOUT_S)?;
         let others = removed_by_simulation(&finished.stdout(), name);
         if others.is_empty() {
@@ -533,6 +541,8 @@ impl Dnf {
         command.env("LC_ALL", "C");
         if self.root != "/" {
             command.arg(format!("--installroot={}", self.root));
+            // Without it, dnf falls back to the host's repositories when ROOT has none.
+            command.arg(format!("--setopt=reposdir={}/etc/yum.repos.d", self.root));
         }
         command
     }
@@ -565,7 +575,8 @@ impl Dnf {
 impl Backend for Dnf {
     fn installed(&self, name: &str) -> Result<Option<String>, String> {
         let finished = command::run(self.rpm_query(name), "rpm -q", Duration::from_secs(PACKAGE_QUERY_TIMEOUT_S))?;
-        parse_rpm_query(finished.status.code(), &finished.stdout()).ok_or_else(|| format!("rpm -q {}", finished.describe_failure()))
+        parse_rpm_query(finished.status.code(), &finished.stdout())
+            .ok_or_else(|| format!("rpm -q {}", finished.describe_failure()))
     }
 
     fn available(&self, name: &str) -> Result<Available, String> {
@@ -580,7 +591,10 @@ impl Backend for Dnf {
         if finished.success() {
             Ok(())
         } else {
-            Err(format!("removing it would break other packages (rpm -e --test {}); refusing", finished.describe_failure()))
+            Err(format!(
+                "removing it would break other packages (rpm -e --test {}); refusing",
+                finished.describe_failure()
+            ))
         }
     }
 
@@ -850,13 +864,25 @@ mod tests {
             args(&sandbox.rpm_query("hello")),
             ["--root", "/sandbox", "-q", "--qf", "%|EPOCH?{%{EPOCH}:}:{}|%{VERSION}-%{RELEASE}\\n", "hello"]
         );
-        assert_eq!(args(&sandbox.repoquery("hello")), ["--installroot=/sandbox", "-q", "repoquery", "--qf", "%{evr}\\n", "hello"]);
+        assert_eq!(
+            args(&sandbox.repoquery("hello")),
+            [
+                "--installroot=/sandbox",
+                "--setopt=reposdir=/sandbox/etc/yum.repos.d",
+                "-q",
+                "repoquery",
+                "--qf",
+                "%{evr}\\n",
+                "hello"
+            ]
+        );
         let install = sandbox.install_command("hello", "2.0-1", false);
         assert_eq!(install.get_program(), "dnf");
         assert_eq!(
             args(&install),
             [
                 "--installroot=/sandbox",
+                "--setopt=reposdir=/sandbox/etc/yum.repos.d",
                 "-y",
                 "-q",
                 "--setopt=install_weak_deps=False",
@@ -865,7 +891,7 @@ mod tests {
                 "hello-2.0-1"
             ]
         );
-        assert_eq!(args(&sandbox.install_command("hello", "1.0-1", true))[5], "downgrade");
+        assert_eq!(args(&sandbox.install_command("hello", "1.0-1", true))[6], "downgrade");
         let host = Dnf::new("/");
         assert_eq!(args(&host.rpm_query("hello"))[0], "-q");
         assert_eq!(args(&host.repoquery("hello"))[0], "-q");
@@ -975,7 +1001,11 @@ mod tests {
 
     #[test]
     fn latest_keeps_a_newer_installed_version_and_pins_downgrade() {
-        let fake = Fake { installed: RefCell::new(Some("3.0".into())), available: lists("2.0", &["3.0", "2.0", "1.0"]), ..Fake::default() };
+        let fake = Fake {
+            installed: RefCell::new(Some("3.0".into())),
+            available: lists("2.0", &["3.0", "2.0", "1.0"]),
+            ..Fake::default()
+        };
         assert_eq!(converge_with(&fake, "hello", State::Latest, None, false), Ok(Outcome::Unchanged));
         let outcome = converge_with(&fake, "hello", State::Present, Some("1.0"), false);
         assert_eq!(outcome, Ok(Outcome::Changed("downgraded hello 3.0 -> 1.0".into())));
@@ -987,17 +1017,22 @@ mod tests {
     fn a_missing_version_refreshes_the_lists_once_and_never_in_noop() {
         let fake = Fake { available: Available::default(), refreshed: Some(lists("2.0", &["2.0"])), ..Fake::default() };
         let noop = converge_with(&fake, "hello", State::Present, None, true);
-        assert_eq!(noop, Err("no installable version in the package lists (noop does not refresh the package lists)".into()));
+        assert_eq!(
+            noop,
+            Err("no installable version in the package lists (noop does not refresh the package lists)".into())
+        );
         assert!(fake.changes.borrow().is_empty());
         let outcome = converge_with(&fake, "hello", State::Present, None, false);
         assert_eq!(outcome, Ok(Outcome::Changed("installed hello 2.0 (was absent)".into())));
         assert_eq!(*fake.changes.borrow(), ["refresh", "install hello=2.0 downgrade=false"]);
 
-        let pinned = Fake { available: lists("2.0", &["2.0"]), refreshed: Some(lists("2.0", &["2.0"])), ..Fake::default() };
+        let pinned =
+            Fake { available: lists("2.0", &["2.0"]), refreshed: Some(lists("2.0", &["2.0"])), ..Fake::default() };
         let outcome = converge_with(&pinned, "hello", State::Present, Some("3.0"), false);
         assert_eq!(
             outcome,
-            Err("version 3.0 is not in the package lists (they offer 2.0; even after refreshing the package lists)".into())
+            Err("version 3.0 is not in the package lists (they offer 2.0; even after refreshing the package lists)"
+                .into())
         );
         assert_eq!(*pinned.changes.borrow(), ["refresh"]);
     }

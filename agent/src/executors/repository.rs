@@ -305,9 +305,13 @@ mod tests {
 
     #[test]
     fn apt_sources_name_the_key_where_apt_opens_it() {
-        let spec = spec("apt", "https://deb.example.org/debian", Some(KEY), &["bookworm", "bookworm-updates"], &["main"]);
+        let spec =
+            spec("apt", "https://deb.example.org/debian", Some(KEY), &["bookworm", "bookworm-updates"], &["main"]);
         let files = wanted_files(&spec, Path::new("/")).unwrap();
-        assert_eq!(files[0], Wanted { path: "/etc/apt/keyrings/vigo-demo.asc".into(), content: Some(format!("{KEY}\n")) });
+        assert_eq!(
+            files[0],
+            Wanted { path: "/etc/apt/keyrings/vigo-demo.asc".into(), content: Some(format!("{KEY}\n")) }
+        );
         assert_eq!(files[1].path, "/etc/apt/sources.list.d/vigo-demo.sources");
         assert_eq!(
             files[1].content.as_deref().unwrap(),
@@ -316,7 +320,13 @@ mod tests {
              Signed-By: /etc/apt/keyrings/vigo-demo.asc\n"
         );
         let sandboxed = wanted_files(&spec, Path::new("/tmp/sandbox")).unwrap();
-        assert!(sandboxed[1].content.as_deref().unwrap().ends_with("Signed-By: /tmp/sandbox/etc/apt/keyrings/vigo-demo.asc\n"));
+        assert!(
+            sandboxed[1]
+                .content
+                .as_deref()
+                .unwrap()
+                .ends_with("Signed-By: /tmp/sandbox/etc/apt/keyrings/vigo-demo.asc\n")
+        );
     }
 
     #[test]
