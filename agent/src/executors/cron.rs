@@ -19,8 +19,7 @@
 //! changed cron.d by the directory's mtime, which the rename moves, so no reload is needed.
 
 use std::fs;
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::io::Read;
 use std::path::Path;
 
 use serde::Deserialize;
@@ -28,7 +27,7 @@ use sha2::{Digest, Sha256};
 
 use super::attributes::Attributes;
 use super::user::{check_account_name, parse_state};
-use super::{Context, Ensure, Outcome, create_parent_dirs, io_failure, kind_of, lstat, temp_path};
+use super::{Context, Ensure, Outcome, create_parent_dirs, io_failure, kind_of, lstat, write_atomically};
 use crate::limits::{CRON_FILE_BYTES_MAX, CRON_FILE_NAME_STEM_CHARS_MAX};
 use crate::root::managed_path;
 
@@ -124,7 +123,7 @@ fn present(
     let Some(meta) = meta else {
         if !ctx.noop {
             create_parent_dirs(path).map_err(|err| io_failure("create parents of", path, &err))?;
-            write_atomically(path, content.as_bytes())?;
+            write_atomically(path, content.as_bytes(), 0o644, Some(0), Some(0))?;
         }
         return Ok(Outcome::Changed(format!("created {shown} ({} as {})", entry.schedule, entry.user)));
     };
@@ -153,7 +152,7 @@ fn present(
     }
     if !ctx.noop {
         if content_differs {
-            write_atomically(path, content.as_bytes())?;
+            write_atomically(path, content.as_bytes(), 0o644, Some(0), Some(0))?;
         } else {
             CRON_FILE_ATTRIBUTES.apply_to(path, &meta)?;
         }
@@ -226,34 +225,6 @@ fn read_capped(path: &Path) -> Result<Option<String>, String> {
         return Ok(None);
     }
     Ok(String::from_utf8(bytes).ok())
-}
-
-/// Writes the file through a temporary file in the same directory, with mode and owner set
-/// before the rename, so cron never sees a partial entry or one with the wrong mode.
-fn write_atomically(path: &Path, content: &[u8]) -> Result<(), String> {
-    let temp = temp_path(path);
-    let result = (|| -> io::Result<()> {
-        let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temp)?;
-        file.write_all(content)?;
-        let meta = file.metadata()?;
-        if (meta.uid(), meta.gid()) != (0, 0) {
-            std::os::unix::fs::fchown(&file, Some(0), Some(0))?;
-        }
-        file.set_permissions(fs::Permissions::from_mode(0o644))?;
-        file.sync_all()?;
-        fs::rename(&temp, path)
-    })();
-    if let Err(err) = result {
-        let _ = fs::remove_file(&temp);
-        return Err(io_failure("write", path, &err));
-    }
-    // Persist the rename; the entry is in place either way.
-    if let Some(dir) = path.parent()
-        && let Ok(dir) = fs::File::open(dir)
-    {
-        let _ = dir.sync_all();
-    }
-    Ok(())
 }
 
 #[cfg(test)]

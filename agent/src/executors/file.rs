@@ -6,15 +6,15 @@
 //! already matches is only read, never written, so its mtime does not move.
 
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
 use vigo_proto::bundle::FileSpec;
 
 use super::attributes::Attributes;
-use super::{Context, Ensure, Outcome, create_parent_dirs, io_failure, kind_of, lstat, parse_ensure, temp_path};
+use super::{Context, Ensure, Outcome, create_parent_dirs, io_failure, kind_of, lstat, parse_ensure, write_atomically};
 use crate::root::managed_path;
 
 /// Mode of a new file whose spec leaves the mode at 0.
@@ -100,38 +100,6 @@ fn sha256_of_file(path: &Path) -> io::Result<[u8; 32]> {
     let mut hasher = Sha256::new();
     io::copy(&mut file, &mut hasher)?;
     Ok(hasher.finalize().into())
-}
-
-/// Writes `content` to `path` through a temporary file in the same directory (same file system,
-/// so the rename is atomic), with owner and mode set before the rename so the file never appears
-/// with the wrong ones.
-fn write_atomically(path: &Path, content: &[u8], mode: u32, uid: Option<u32>, gid: Option<u32>) -> Result<(), String> {
-    let temp = temp_path(path);
-    let result = (|| -> io::Result<()> {
-        let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temp)?;
-        file.write_all(content)?;
-        let temp_meta = file.metadata()?;
-        let uid = uid.filter(|uid| *uid != temp_meta.uid());
-        let gid = gid.filter(|gid| *gid != temp_meta.gid());
-        if uid.is_some() || gid.is_some() {
-            std::os::unix::fs::fchown(&file, uid, gid)?;
-        }
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
-        file.sync_all()?;
-        fs::rename(&temp, path)
-    })();
-    if let Err(err) = result {
-        let _ = fs::remove_file(&temp);
-        return Err(io_failure("write", path, &err));
-    }
-    // Persist the rename itself. The new content is in place either way, so a failure here
-    // (some file systems refuse to fsync directories) does not make the change fail.
-    if let Some(dir) = path.parent()
-        && let Ok(dir) = fs::File::open(dir)
-    {
-        let _ = dir.sync_all();
-    }
-    Ok(())
 }
 
 #[cfg(test)]

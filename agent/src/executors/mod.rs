@@ -24,7 +24,8 @@ mod attributes;
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -152,6 +153,38 @@ fn temp_path(path: &Path) -> PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
     let n = N_TEMP_PATHS.fetch_add(1, Ordering::Relaxed);
     path.with_file_name(format!(".{name}.vigo-tmp.{}.{n}", std::process::id()))
+}
+
+/// Writes `content` to `path` through a temporary file in the same directory (same file system,
+/// so the rename is atomic), with owner and mode set before the rename so the file never appears
+/// with the wrong ones.
+pub(super) fn write_atomically(path: &Path, content: &[u8], mode: u32, uid: Option<u32>, gid: Option<u32>) -> Result<(), String> {
+    let temp = temp_path(path);
+    let result = (|| -> io::Result<()> {
+        let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temp)?;
+        file.write_all(content)?;
+        let temp_meta = file.metadata()?;
+        let uid = uid.filter(|uid| *uid != temp_meta.uid());
+        let gid = gid.filter(|gid| *gid != temp_meta.gid());
+        if uid.is_some() || gid.is_some() {
+            std::os::unix::fs::fchown(&file, uid, gid)?;
+        }
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        file.sync_all()?;
+        fs::rename(&temp, path)
+    })();
+    if let Err(err) = result {
+        let _ = fs::remove_file(&temp);
+        return Err(io_failure("write", path, &err));
+    }
+    // Persist the rename itself. The new content is in place either way, so a failure here
+    // (some file systems refuse to fsync directories) does not make the change fail.
+    if let Some(dir) = path.parent()
+        && let Ok(dir) = fs::File::open(dir)
+    {
+        let _ = dir.sync_all();
+    }
+    Ok(())
 }
 
 /// Turns an I/O error into a failure message naming the path and what was being done.

@@ -25,14 +25,13 @@
 //! the package lists here: the package executor does that when it needs a package they lack.
 
 use std::fs;
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::io::{self, Read};
+use std::path::Path;
 
 use serde::Deserialize;
 
 use super::package::check_root;
-use super::{Context, Outcome, create_parent_dirs, io_failure, kind_of, lstat, temp_path};
+use super::{Context, Outcome, create_parent_dirs, io_failure, kind_of, lstat, write_atomically};
 use crate::limits::REPOSITORY_KEY_BYTES_MAX;
 use crate::root::managed_path;
 
@@ -237,14 +236,14 @@ fn converge_file(path: &Path, wanted: &Wanted, noop: bool) -> Result<Option<Stri
                 return Ok(None);
             }
             if !noop {
-                write_atomically(path, content.as_bytes())?;
+                write_atomically(path, content.as_bytes(), FILE_MODE, None, None)?;
             }
             format!("updated {}", wanted.path)
         }
         (Some(content), None) => {
             if !noop {
                 create_parent_dirs(path).map_err(|err| io_failure("create parents of", path, &err))?;
-                write_atomically(path, content.as_bytes())?;
+                write_atomically(path, content.as_bytes(), FILE_MODE, None, None)?;
             }
             format!("created {}", wanted.path)
         }
@@ -260,29 +259,6 @@ fn has_content(path: &Path, meta: &fs::Metadata, content: &[u8]) -> io::Result<b
     let mut have = Vec::with_capacity(content.len() + 1);
     fs::File::open(path)?.take(content.len() as u64 + 1).read_to_end(&mut have)?;
     Ok(have == content)
-}
-
-/// Writes through a temporary file beside `path`, fsynced and renamed over it, so a reader (or a
-/// crash) sees the old file or the new one, never a mix.
-fn write_atomically(path: &Path, content: &[u8]) -> Result<(), String> {
-    let temp: PathBuf = temp_path(path);
-    let result = (|| -> io::Result<()> {
-        let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temp)?;
-        file.write_all(content)?;
-        file.set_permissions(fs::Permissions::from_mode(FILE_MODE))?;
-        file.sync_all()?;
-        fs::rename(&temp, path)
-    })();
-    if let Err(err) = result {
-        let _ = fs::remove_file(&temp);
-        return Err(io_failure("write", path, &err));
-    }
-    if let Some(dir) = path.parent()
-        && let Ok(dir) = fs::File::open(dir)
-    {
-        let _ = dir.sync_all();
-    }
-    Ok(())
 }
 
 #[cfg(test)]
