@@ -4,12 +4,12 @@
 //! test never pulls): create, converge, noop, drift and recreation, stop, removal; the container
 //! gets a name of its own and is removed at the end, whatever happens.
 
+mod common;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vigo_agent::executors::{Context, Outcome, apply};
-use vigo_proto::bundle::resource::Spec;
-use vigo_proto::bundle::{OpaqueSpec, Resource};
+use vigo_agent::executors::Outcome;
 
 /// How long the test's own docker commands may take.
 const DOCKER_TEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -47,13 +47,7 @@ fn engine() -> Result<(), String> {
 }
 
 fn run(root: &std::path::Path, json: &serde_json::Value, noop: bool) -> Outcome {
-    let resource = Resource {
-        id: format!("docker:{}", json["name"].as_str().unwrap_or_default()),
-        r#type: "docker".into(),
-        spec: Some(Spec::Opaque(OpaqueSpec { json: json.to_string() })),
-        ..Default::default()
-    };
-    apply(&resource, &Context { root, noop, refresh: false })
+    common::apply_json("docker", json["name"].as_str().unwrap_or_default(), root, json, noop, false)
 }
 
 #[test]
@@ -67,7 +61,7 @@ fn without_an_engine_a_resource_fails_in_one_line() {
         let json = serde_json::json!({"name": "vigo-test-web", "image": "nginx:1.27", "state": state,
             "volumes": ["/srv/www:/usr/share/nginx/html:ro"]});
         let Outcome::Failed(message) = run(root.path(), &json, false) else { panic!("{state}: did not fail") };
-        assert!(message.starts_with("docker "), "{message}");
+        assert!(message.starts_with("docker vigo-test-web: "), "{message}");
         assert!(message.ends_with(&reason), "{message} does not carry {reason:?}");
         assert!(!message.contains('\n'), "{message}");
     }

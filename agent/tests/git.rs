@@ -2,15 +2,15 @@
 //! remote: clone, tags, commits, following a branch, removal, and the refusals that protect
 //! someone's work. Everything lives in tempdirs; git runs with the user's configuration ignored.
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use vigo_agent::executors::{Context, Outcome, apply};
-use vigo_proto::bundle::resource::Spec;
-use vigo_proto::bundle::{OpaqueSpec, Resource};
+use common::snapshot;
+use vigo_agent::executors::Outcome;
 
 /// Runs git for the test's own setup and inspection; panics on failure.
 fn git(dir: &Path, args: &[&str]) -> String {
@@ -69,34 +69,7 @@ impl Remote {
 }
 
 fn run(root: &Path, json: &serde_json::Value, noop: bool) -> Outcome {
-    let resource = Resource {
-        id: "git:/srv/app".into(),
-        r#type: "git".into(),
-        spec: Some(Spec::Opaque(OpaqueSpec { json: json.to_string() })),
-        ..Default::default()
-    };
-    apply(&resource, &Context { root, noop, refresh: false })
-}
-
-/// Every entry under `dir`: its mode and its content (or link target).
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u32, Vec<u8>)> {
-    let mut entries = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(path) = stack.pop() {
-        let meta = fs::symlink_metadata(&path).unwrap();
-        let content = if meta.is_dir() {
-            for entry in fs::read_dir(&path).unwrap() {
-                stack.push(entry.unwrap().path());
-            }
-            Vec::new()
-        } else if meta.file_type().is_symlink() {
-            fs::read_link(&path).unwrap().into_os_string().into_encoded_bytes()
-        } else {
-            fs::read(&path).unwrap()
-        };
-        entries.insert(path, (meta.permissions().mode(), content));
-    }
-    entries
+    common::apply_json("git", "/srv/app", root, json, noop, false)
 }
 
 /// Noop first (which must change nothing), then the real run; both must say the same.

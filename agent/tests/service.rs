@@ -2,17 +2,17 @@
 //! disabling a unit made in the test, noop, the refusals (a missing unit, a bad name, another
 //! provider) and `state`, which no sandbox can have because no systemd runs for it.
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use vigo_agent::executors::{Context, Outcome, apply};
-use vigo_proto::bundle::resource::Spec;
-use vigo_proto::bundle::{OpaqueSpec, Resource};
+use common::snapshot;
+use vigo_agent::executors::Outcome;
 
-const UNIT: &str = "[Unit]\nDescription=vigo test\n\n[Service]\nExecStart=/bin/true\n\n[Install]\nWantedBy=multi-user.target\n";
+const UNIT: &str =
+    "[Unit]\nDescription=vigo test\n\n[Service]\nExecStart=/bin/true\n\n[Install]\nWantedBy=multi-user.target\n";
 
 /// A sandbox root with the test unit and the target it is wanted by, which is all `systemctl
 /// --root` needs.
@@ -28,14 +28,7 @@ fn sandbox() -> tempfile::TempDir {
 }
 
 fn run_refreshed(root: &Path, json: &serde_json::Value, noop: bool, refresh: bool) -> Outcome {
-    let name = json["name"].as_str().unwrap_or_default();
-    let resource = Resource {
-        id: format!("service:{name}"),
-        r#type: "service".into(),
-        spec: Some(Spec::Opaque(OpaqueSpec { json: json.to_string() })),
-        ..Default::default()
-    };
-    apply(&resource, &Context { root, noop, refresh })
+    common::apply_json("service", json["name"].as_str().unwrap_or_default(), root, json, noop, refresh)
 }
 
 fn run(root: &Path, json: &serde_json::Value, noop: bool) -> Outcome {
@@ -54,27 +47,6 @@ fn is_enabled(root: &Path) -> String {
 
 fn wants_link(root: &Path) -> PathBuf {
     root.join("etc/systemd/system/multi-user.target.wants/vigo-test.service")
-}
-
-/// Every entry under `dir`: its mode and its content (or link target).
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u32, Vec<u8>)> {
-    let mut entries = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(path) = stack.pop() {
-        let meta = fs::symlink_metadata(&path).unwrap();
-        let content = if meta.is_dir() {
-            for entry in fs::read_dir(&path).unwrap() {
-                stack.push(entry.unwrap().path());
-            }
-            Vec::new()
-        } else if meta.file_type().is_symlink() {
-            fs::read_link(&path).unwrap().into_os_string().into_encoded_bytes()
-        } else {
-            fs::read(&path).unwrap()
-        };
-        entries.insert(path, (meta.permissions().mode(), content));
-    }
-    entries
 }
 
 /// Noop first (which must change nothing), then the real run; both must say the same.
@@ -167,7 +139,10 @@ fn a_static_unit_cannot_be_enabled() {
             "service vigo-static.service: cannot enable a static unit (it has no [Install] section of its own)".into()
         )
     );
-    assert_eq!(run(root.path(), &serde_json::json!({"name": "vigo-static", "enabled": false}), false), Outcome::Unchanged);
+    assert_eq!(
+        run(root.path(), &serde_json::json!({"name": "vigo-static", "enabled": false}), false),
+        Outcome::Unchanged
+    );
     assert_eq!(snapshot(root.path()), before);
 }
 
@@ -176,8 +151,14 @@ fn bad_names_and_providers_are_refused_before_systemctl_runs() {
     let root = sandbox();
     let before = snapshot(root.path());
     let cases = [
-        (serde_json::json!({"name": "../vigo-test", "enabled": true}), "invalid service name \"../vigo-test\": holds a /"),
-        (serde_json::json!({"name": "vigo test", "enabled": true}), "invalid service name \"vigo test\": holds whitespace"),
+        (
+            serde_json::json!({"name": "../vigo-test", "enabled": true}),
+            "invalid service name \"../vigo-test\": holds a /",
+        ),
+        (
+            serde_json::json!({"name": "vigo test", "enabled": true}),
+            "invalid service name \"vigo test\": holds whitespace",
+        ),
         (
             serde_json::json!({"name": "vigo-test", "enabled": true, "provider": "sysvinit"}),
             "service vigo-test: provider \"sysvinit\" is not supported (only systemd)",

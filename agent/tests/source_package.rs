@@ -2,20 +2,21 @@
 //! tarballs built in the test whose `build.sh` installs a file under `$VIGO_ROOT/usr/local`:
 //! download, digest check, unpacking, build, `creates` and the stamp, and the failures.
 
-use std::collections::{BTreeMap, HashMap};
+mod common;
+
+use std::collections::HashMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::snapshot;
 use sha2::{Digest, Sha256};
-use vigo_agent::executors::{Context, Outcome, apply};
-use vigo_proto::bundle::resource::Spec;
-use vigo_proto::bundle::{OpaqueSpec, Resource};
+use vigo_agent::executors::Outcome;
 
 /// A one-thread HTTP/1.1 server on 127.0.0.1: `GET /PATH` answers the body stored under PATH,
 /// or 404. Counts the requests it answered.
@@ -135,34 +136,7 @@ fn sha256(bytes: &[u8]) -> String {
 }
 
 fn run(root: &Path, json: &serde_json::Value, noop: bool) -> Outcome {
-    let resource = Resource {
-        id: "source_package:hello".into(),
-        r#type: "source_package".into(),
-        spec: Some(Spec::Opaque(OpaqueSpec { json: json.to_string() })),
-        ..Default::default()
-    };
-    apply(&resource, &Context { root, noop, refresh: false })
-}
-
-/// Every entry under `dir`: its mode and its content (or link target).
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u32, Vec<u8>)> {
-    let mut entries = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(path) = stack.pop() {
-        let meta = fs::symlink_metadata(&path).unwrap();
-        let content = if meta.is_dir() {
-            for entry in fs::read_dir(&path).unwrap() {
-                stack.push(entry.unwrap().path());
-            }
-            Vec::new()
-        } else if meta.file_type().is_symlink() {
-            fs::read_link(&path).unwrap().into_os_string().into_encoded_bytes()
-        } else {
-            fs::read(&path).unwrap()
-        };
-        entries.insert(path, (meta.permissions().mode(), content));
-    }
-    entries
+    common::apply_json("source_package", "hello", root, json, noop, false)
 }
 
 /// Noop first (which must change nothing and download nothing), then the real run; both must

@@ -152,7 +152,7 @@ fn converge(json: &str, ctx: &Context<'_>) -> Result<Outcome, String> {
     let hash = spec_hash(&container);
 
     let mut changes = Vec::new();
-    if !image_present(&container.image)? {
+    if !image_present(&container.image, name)? {
         if !ctx.noop {
             run_change(&pull_args(&container.image), DOCKER_PULL_TIMEOUT_S, name)?;
         }
@@ -256,7 +256,9 @@ fn container(spec: &DockerSpec, root: &Path) -> Result<Container, String> {
 /// references use; a digest must be a full sha256.
 pub fn check_image(image: &str) -> Result<(), String> {
     let allowed = |b: u8| b.is_ascii_alphanumeric() || b"._/:@-".contains(&b);
-    if image.is_empty() || !image.bytes().all(allowed) || !image.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+    if image.is_empty()
+        || !image.bytes().all(allowed)
+        || !image.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
     {
         return Err(format!("invalid image {image:?}: not an image reference"));
     }
@@ -286,7 +288,8 @@ pub fn check_port(port: &str) -> Result<(), String> {
 }
 
 fn is_port_or_range(text: &str) -> bool {
-    let is_port = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok_and(|p| p > 0);
+    let is_port =
+        |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok_and(|p| p > 0);
     match text.split_once('-') {
         Some((low, high)) => is_port(low) && is_port(high) && low.parse::<u16>().ok() <= high.parse::<u16>().ok(),
         None => is_port(text),
@@ -433,7 +436,7 @@ pub fn shown_image(image: &str) -> String {
 }
 
 /// Whether the engine has the image; any answer but "no such image" that is not a yes fails.
-fn image_present(image: &str) -> Result<bool, String> {
+fn image_present(image: &str, name: &str) -> Result<bool, String> {
     let finished = docker(&image_inspect_args(image), DOCKER_QUERY_TIMEOUT_S)?;
     if finished.success() {
         return Ok(true);
@@ -441,7 +444,7 @@ fn image_present(image: &str) -> Result<bool, String> {
     if String::from_utf8_lossy(&finished.stderr_tail).contains("No such image") {
         return Ok(false);
     }
-    Err(format!("docker image inspect {image}: {}", finished.describe_failure()))
+    Err(format!("docker {name}: image inspect {image}: {}", finished.describe_failure()))
 }
 
 /// The container named `name`, or none.
@@ -453,7 +456,7 @@ fn inspect_container(name: &str) -> Result<Option<Inspected>, String> {
     if String::from_utf8_lossy(&finished.stderr_tail).contains("No such container") {
         return Ok(None);
     }
-    Err(format!("docker container inspect {name}: {}", finished.describe_failure()))
+    Err(format!("docker {name}: container inspect: {}", finished.describe_failure()))
 }
 
 /// Runs a docker command that changes something; a failure names the container and the verb.
@@ -463,7 +466,7 @@ fn run_change(args: &[String], timeout_s: u64, name: &str) -> Result<(), String>
         return Ok(());
     }
     let verb = args.iter().take(2).map(String::as_str).collect::<Vec<_>>().join(" ");
-    Err(format!("docker {verb} for {name}: {}", finished.describe_failure()))
+    Err(format!("docker {name}: {verb}: {}", finished.describe_failure()))
 }
 
 fn docker(args: &[String], timeout_s: u64) -> Result<Finished, String> {
@@ -631,7 +634,8 @@ mod tests {
                 &format!("nginx@sha256:{DIGEST}"),
             ]
         );
-        let bare = Container { ports: vec![], env: BTreeMap::new(), volumes: vec![], image: "nginx:1.27".into(), ..web() };
+        let bare =
+            Container { ports: vec![], env: BTreeMap::new(), volumes: vec![], image: "nginx:1.27".into(), ..web() };
         assert_eq!(
             create_args(&bare, "h"),
             vec!["container", "create", "--name=web", "--label=vigo.spec=h", "--", "nginx:1.27"]
@@ -670,7 +674,8 @@ mod tests {
         for bad in ["", "w", "-web", "_web", "web/x", "web app", "wéb"] {
             assert!(check_container_name(bad).is_err(), "{bad:?}");
         }
-        for good in ["nginx", "nginx:1.27", "registry.example.org:5000/team/app:v2", &format!("nginx@sha256:{DIGEST}")] {
+        for good in ["nginx", "nginx:1.27", "registry.example.org:5000/team/app:v2", &format!("nginx@sha256:{DIGEST}")]
+        {
             assert_eq!(check_image(good), Ok(()), "{good}");
         }
         for bad in ["", "-nginx", "nginx latest", "nginx@sha256:abc", "nginx@md5:00", "@sha256:00", "ngin\nx"] {
@@ -683,7 +688,10 @@ mod tests {
             assert!(check_port(bad).is_err(), "{bad:?}");
         }
         let root = Path::new("/sandbox");
-        assert_eq!(volume_arg("/srv/www:/usr/share/nginx/html:ro", root).unwrap(), "/sandbox/srv/www:/usr/share/nginx/html:ro");
+        assert_eq!(
+            volume_arg("/srv/www:/usr/share/nginx/html:ro", root).unwrap(),
+            "/sandbox/srv/www:/usr/share/nginx/html:ro"
+        );
         assert_eq!(volume_arg("/data:/data", Path::new("/")).unwrap(), "/data:/data");
         for bad in ["data:/data", "/a", "/a:/b:rx", "/a:b", "/../etc:/x", "/a:/b/../c", "/a:/b:ro:x"] {
             assert!(volume_arg(bad, root).is_err(), "{bad:?}");

@@ -12,8 +12,8 @@
 //! the shell (`command.rs`). Stdin is /dev/null and stdout is read and dropped; the tail of
 //! stderr is kept for the failure message.
 
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -54,11 +54,7 @@ fn converge(spec: &ExecSpec, ctx: &Context<'_>) -> Result<Outcome, String> {
         return Ok(Outcome::Changed(summary(spec)));
     }
     let finished = runner.run(&spec.command)?;
-    if finished.success() {
-        Ok(Outcome::Changed(summary(spec)))
-    } else {
-        Err(finished.describe_failure())
-    }
+    if finished.success() { Ok(Outcome::Changed(summary(spec))) } else { Err(finished.describe_failure()) }
 }
 
 /// What a run of the command is reported as: the same in noop mode (the status says whether it
@@ -93,7 +89,10 @@ impl<'a> Runner<'a> {
             user => {
                 let accounts = read_passwd(root).map_err(|err| format!("user: {err}"))?;
                 let found = accounts.into_iter().find(|a| a.name == user || user.parse() == Ok(a.uid));
-                Some(found.ok_or_else(|| format!("unknown user {user} (not in {})", root.join("etc/passwd").display()))?)
+                Some(
+                    found
+                        .ok_or_else(|| format!("unknown user {user} (not in {})", root.join("etc/passwd").display()))?,
+                )
             }
         };
         Ok(Runner { spec, root, cwd, timeout_s, account })
@@ -238,10 +237,13 @@ mod tests {
         }
         fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         fs::create_dir(root.path().join("etc")).unwrap();
-        fs::write(root.path().join("etc/passwd"), "root:x:0:0::/root:/bin/sh
+        fs::write(
+            root.path().join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh
 runner:x:4321:4322::/home/runner:/bin/sh
-")
-            .unwrap();
+",
+        )
+        .unwrap();
         let spec = ExecSpec {
             user: "runner".into(),
             onlyif: "test \"$(id -u):$(id -g):$HOME:$USER\" = 4321:4322:/home/runner:runner".into(),
@@ -255,7 +257,9 @@ runner:x:4321:4322::/home/runner:/bin/sh
         let by_uid = ExecSpec { user: "4321".into(), ..spec.clone() };
         assert_eq!(run(&by_uid, root.path(), false, false), Outcome::Failed("exited with code 1: 4321 4322".into()));
         let unknown = ExecSpec { user: "ghost".into(), ..spec };
-        let Outcome::Failed(message) = run(&unknown, root.path(), false, false) else { panic!("an unknown user fails") };
+        let Outcome::Failed(message) = run(&unknown, root.path(), false, false) else {
+            panic!("an unknown user fails")
+        };
         assert!(message.starts_with("unknown user ghost (not in "), "{message}");
     }
 

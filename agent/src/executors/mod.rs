@@ -7,8 +7,8 @@
 
 mod command;
 pub mod cron;
-pub mod docker;
 pub mod directory;
+pub mod docker;
 pub mod exec;
 pub mod file;
 pub mod git;
@@ -78,8 +78,9 @@ pub struct Context<'a> {
     pub refresh: bool,
 }
 
-/// Applies one resource according to its spec. A refresh only matters to exec resources; for
-/// the others, converging is all a refresh could mean, and a converged resource stays untouched.
+/// Applies one resource according to its spec. A refresh matters to exec (a `refreshonly`
+/// command runs) and service (a running service restarts); for the others, converging is all a
+/// refresh could mean, and a converged resource stays untouched.
 pub fn apply(resource: &Resource, ctx: &Context<'_>) -> Outcome {
     match &resource.spec {
         Some(Spec::File(spec)) => file::apply(spec, ctx),
@@ -158,7 +159,13 @@ fn temp_path(path: &Path) -> PathBuf {
 /// Writes `content` to `path` through a temporary file in the same directory (same file system,
 /// so the rename is atomic), with owner and mode set before the rename so the file never appears
 /// with the wrong ones.
-pub(super) fn write_atomically(path: &Path, content: &[u8], mode: u32, uid: Option<u32>, gid: Option<u32>) -> Result<(), String> {
+pub(super) fn write_atomically(
+    path: &Path,
+    content: &[u8],
+    mode: u32,
+    uid: Option<u32>,
+    gid: Option<u32>,
+) -> Result<(), String> {
     let temp = temp_path(path);
     let result = (|| -> io::Result<()> {
         let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temp)?;
@@ -221,7 +228,10 @@ mod tests {
         };
         let ctx = Context { root: Path::new("/nonexistent"), noop: false, refresh: false };
         let outcome = apply(&resource, &ctx);
-        assert_eq!(outcome, Outcome::Unsupported("resource type frobnicator is not supported by this envoy yet".into()));
+        assert_eq!(
+            outcome,
+            Outcome::Unsupported("resource type frobnicator is not supported by this envoy yet".into())
+        );
         assert_eq!(outcome.status(false), Status::Unsupported);
     }
 

@@ -4,7 +4,9 @@
 //! - `name`: the unit. A name without a unit type suffix is a service (`nginx` is
 //!   `nginx.service`), the way `systemctl` reads it. Anything but the characters systemd allows
 //!   in unit names (ASCII letters, digits, `:_.@-` and `\` escapes) is refused, so `/` and
-//!   whitespace never reach a command line; so is a leading `-`. The unit must exist under ROOT.
+//!   whitespace never reach a command line; so is a leading `-`. The unit must exist under ROOT:
+//!   `is-enabled` finds its file offline, and with `state` the running manager must load it
+//!   (it also knows units made by generators, which have no file of their own).
 //! - `enabled`: whether the unit's `[Install]` links exist, through `systemctl --root=ROOT
 //!   is-enabled / enable / disable`. That works offline, on the files under ROOT, with or without
 //!   a running systemd. A unit without install information (`static`, `indirect`, `generated`,
@@ -130,7 +132,9 @@ fn converge(json: &str, ctx: &Context<'_>) -> Result<Outcome, String> {
     let spec: ServiceSpec = serde_json::from_str(json).map_err(|err| format!("invalid service spec: {err}"))?;
     match spec.provider.as_deref() {
         None | Some("systemd") => {}
-        Some(other) => return Err(format!("service {}: provider {other:?} is not supported (only systemd)", spec.name)),
+        Some(other) => {
+            return Err(format!("service {}: provider {other:?} is not supported (only systemd)", spec.name));
+        }
     }
     let unit = unit_name(&spec.name)?;
     let state = match spec.state.as_deref() {
@@ -146,14 +150,21 @@ fn converge(json: &str, ctx: &Context<'_>) -> Result<Outcome, String> {
         ));
     }
 
-    // Every check first: the unit must exist whatever is managed, and is-enabled says so offline.
-    let file_state = unit_file_state(ctx.root, &unit)?;
+    // Every check first. The unit must exist whatever is managed: is-enabled says so offline;
+    // with a state, the running manager says so too, and it also knows generated units.
     let enable = match spec.enabled {
-        Some(wanted) => enable_change(&unit, &file_state, wanted)?,
+        Some(wanted) => enable_change(&unit, &unit_file_state(ctx.root, &unit)?, wanted)?,
+        None if state.is_none() => {
+            unit_file_state(ctx.root, &unit)?;
+            None
+        }
         None => None,
     };
     let active = match state {
-        Some(_) => Some(active_state(&unit)?),
+        Some(_) => {
+            check_loaded(ctx.root, &unit)?;
+            Some(active_state(&unit)?)
+        }
         None => None,
     };
     let run_change = match (state, active.as_deref()) {
@@ -304,6 +315,15 @@ fn change_run_state(unit: &str, change: RunChange) -> Result<(), String> {
     }
 }
 
+/// Fails unless the running manager finds the unit (`LoadState` other than `not-found`).
+fn check_loaded(root: &Path, unit: &str) -> Result<(), String> {
+    let finished = systemctl_live(&["show", "--property=LoadState", "--value", "--", unit], SERVICE_QUERY_TIMEOUT_S)?;
+    if !finished.success() {
+        return Err(format!("service {unit}: systemctl show {}", finished.describe_failure()));
+    }
+    if finished.stdout().trim() == "not-found" { Err(not_found(root, unit)) } else { Ok(()) }
+}
+
 /// `systemctl show --property=NeedDaemonReload --value UNIT` says `yes`.
 fn needs_daemon_reload(unit: &str) -> Result<bool, String> {
     let finished =
@@ -353,7 +373,10 @@ mod tests {
             enable_change(unit, &state("static"), true),
             Err("service x.service: cannot enable a static unit (it has no [Install] section of its own)".into())
         );
-        assert_eq!(enable_change(unit, &state("masked"), true), Err("service x.service: cannot enable a masked unit".into()));
+        assert_eq!(
+            enable_change(unit, &state("masked"), true),
+            Err("service x.service: cannot enable a masked unit".into())
+        );
         assert!(enable_change(unit, &state("bad"), false).is_err());
     }
 
@@ -378,6 +401,8 @@ mod tests {
             apply(r#"{"name":"nginx","provider":"upstart"}"#, &ctx),
             Outcome::Failed("service nginx: provider \"upstart\" is not supported (only systemd)".into())
         );
-        assert!(matches!(apply(r#"{"name":"nginx","colour":"red"}"#, &ctx), Outcome::Failed(m) if m.starts_with("invalid service spec:")));
+        assert!(
+            matches!(apply(r#"{"name":"nginx","colour":"red"}"#, &ctx), Outcome::Failed(m) if m.starts_with("invalid service spec:"))
+        );
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! Every type shares `type`, `requires`, `before`, `notify` and `subscribe`; the rest is a table
 //! ([`TYPES`]) of fields per type, so adding a type or a field is one line. file, directory,
-//! symlink and exec become typed specs; the other types are validated here and shipped as JSON
-//! (`OpaqueSpec`) until envoys grow executors for them.
+//! symlink and exec become typed specs; the other types are validated here and shipped as their
+//! fields in JSON (`OpaqueSpec`), which the envoy's executor for the type parses again.
 //!
 //! Ids: `file:<path>`, `directory:<path>`, `symlink:<path>`, `git:<path>`, `exec:<name>` (or
 //! `exec:<command>` without a name), otherwise `<type>:<name>`. Paths are absolute and
