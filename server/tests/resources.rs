@@ -78,7 +78,10 @@ fn results(out: &std::process::Output) -> BTreeMap<String, (String, String)> {
             let line = line.strip_prefix("  ")?;
             let (status, rest) = line.split_once(' ')?;
             let rest = rest.trim_start();
-            let id = IDS.iter().filter(|id| rest == **id || rest.starts_with(&format!("{id} "))).max_by_key(|id| id.len())?;
+            let id = IDS
+                .iter()
+                .filter(|id| rest == **id || rest.starts_with(&format!("{id} ")))
+                .max_by_key(|id| id.len())?;
             let message = rest[id.len()..].trim_start();
             Some((id.to_string(), (status.to_string(), message.to_string())))
         })
@@ -113,10 +116,7 @@ fn a_catalogue_stack_converges_after_a_noop_that_said_so_and_a_failure_skips_onl
          \x20 - {{ type: file, path: /srv/after-broken, content: \"x\\n\", requires: [exec:broken] }}\n"
     );
     let stack = tmp.path().join("stack");
-    write_stack(
-        &stack,
-        &[("assign.yaml", "- match: \"*\"\n  modules: [app]\n"), ("modules/app/module.yaml", &module)],
-    );
+    write_stack(&stack, &[("assign.yaml", "- match: \"*\"\n  modules: [app]\n"), ("modules/app/module.yaml", &module)]);
     let server = Server::start(&tmp.path().join("server"), "127.0.0.1:0");
     server.cli_ok(&["config", "publish", stack.to_str().unwrap()]);
     let envoy = tmp.path().join("envoy");
