@@ -41,8 +41,23 @@ fn describe(env: &EventEnvelope) -> (&'static str, Value) {
         ),
         Some(Kind::PeerRemoved(r)) => ("PeerRemoved", json!({ "node_id": r.node_id })),
         Some(Kind::ClusterRecovered(r)) => ("ClusterRecovered", json!({ "node_id": r.node_id, "lost": r.lost })),
+        Some(Kind::BoltRegistered(b)) => (
+            "BoltRegistered",
+            json!({ "bolt": b.bolt, "addrs": b.addrs, "patterns": b.patterns, "stamp": stamp(b.stamp.as_ref()) }),
+        ),
+        Some(Kind::EnvoysReassigned(r)) => {
+            ("EnvoysReassigned", json!({ "hostname": r.hostname, "to": r.to, "stamp": stamp(r.stamp.as_ref()) }))
+        }
+        Some(Kind::BoltDrained(d)) => {
+            ("BoltDrained", json!({ "bolt": d.bolt, "to": d.to, "stamp": stamp(d.stamp.as_ref()) }))
+        }
         None => ("Unknown", Value::Null),
     }
+}
+
+/// A roster stamp as `MS.COUNTER@BOLT`.
+fn stamp(stamp: Option<&vigo_proto::events::RosterStamp>) -> Value {
+    stamp.map_or(Value::Null, |s| Value::from(format!("{}.{}@{}", s.ms, s.counter, s.actor)))
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {

@@ -15,7 +15,8 @@ use vigo_proto::admin::admin_client::AdminClient;
 use vigo_proto::admin::{
     ClusterMember, CompactLogRequest, Compliance, CreateTokenRequest, EnvoyInfo, ListEnvoysRequest, PromotePeerRequest,
     PublishStackRequest, RemovePeerRequest, ReportComplianceRequest, ReportComplianceResponse, RevokeEnvoyRequest,
-    ServerStatusRequest, ServerStatusResponse, ShowEnvoyRequest, ShowEnvoyResponse,
+    ServerStatusRequest, ServerStatusResponse, ShowEnvoyRequest, ShowEnvoyResponse, SpannerBolt, SpannerDrainRequest,
+    SpannerReassignRequest, SpannerStatusRequest, SpannerStatusResponse,
 };
 use vigo_proto::tls::{client_config, connect, read_certs, read_key};
 
@@ -61,6 +62,44 @@ enum Command {
     /// The server's cluster.
     #[command(subcommand)]
     Server(ServerCommand),
+    /// The federation of bolts, as the bolt asked knows it.
+    #[command(subcommand)]
+    Spanner(SpannerCommand),
+}
+
+#[derive(Subcommand)]
+enum SpannerCommand {
+    /// Every bolt of the roster (addresses, hostname patterns, drains) and the reassignments.
+    Status,
+    /// One bolt of the roster.
+    Bolt {
+        /// Its id.
+        id: String,
+    },
+    /// Envoys whose hostname matches GLOB belong to bolt ID from their next check-in.
+    Reassign {
+        /// A hostname or a hostname glob.
+        #[arg(long)]
+        hostname: String,
+        /// The bolt they go to.
+        #[arg(long, required_unless_present = "lift", conflicts_with = "lift")]
+        to: Option<String>,
+        /// Lift the reassignment of GLOB instead.
+        #[arg(long)]
+        lift: bool,
+    },
+    /// The envoys bolt ID owns go to another bolt.
+    Drain {
+        /// The bolt drained.
+        #[arg(long)]
+        bolt: String,
+        /// The bolt its envoys go to.
+        #[arg(long, required_unless_present = "end", conflicts_with = "end")]
+        to: Option<String>,
+        /// End the drain of the bolt instead.
+        #[arg(long)]
+        end: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -263,9 +302,88 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("peer {} leads", leader.leader);
             }
         }
+        Command::Spanner(SpannerCommand::Status) => {
+            let roster = client.spanner_status(SpannerStatusRequest {}).await.map_err(status)?.into_inner();
+            print_roster(&roster, None, json_out)?;
+        }
+        Command::Spanner(SpannerCommand::Bolt { id }) => {
+            let roster = client.spanner_status(SpannerStatusRequest {}).await.map_err(status)?.into_inner();
+            print_roster(&roster, Some(id), json_out)?;
+        }
+        Command::Spanner(SpannerCommand::Reassign { hostname, to, lift: _ }) => {
+            let to = to.clone().unwrap_or_default();
+            let request = SpannerReassignRequest { hostname: hostname.clone(), to: to.clone() };
+            let index = client.spanner_reassign(request).await.map_err(status)?.into_inner().index;
+            if json_out {
+                println!("{}", json!({ "hostname": hostname, "to": to, "index": index }));
+            } else if to.is_empty() {
+                println!("reassignment of {hostname} lifted (event {index})");
+            } else {
+                println!("{hostname} reassigned to bolt {to} (event {index})");
+            }
+        }
+        Command::Spanner(SpannerCommand::Drain { bolt, to, end: _ }) => {
+            let to = to.clone().unwrap_or_default();
+            let request = SpannerDrainRequest { bolt: bolt.clone(), to: to.clone() };
+            let index = client.spanner_drain(request).await.map_err(status)?.into_inner().index;
+            if json_out {
+                println!("{}", json!({ "bolt": bolt, "to": to, "index": index }));
+            } else if to.is_empty() {
+                println!("drain of bolt {bolt} ended (event {index})");
+            } else {
+                println!("bolt {bolt} drained to bolt {to} (event {index})");
+            }
+        }
         Command::Report(ReportCommand::Compliance) => {
             let report = client.report_compliance(ReportComplianceRequest {}).await.map_err(status)?.into_inner();
             print_compliance(&report, json_out);
+        }
+    }
+    Ok(())
+}
+
+/// Prints the roster, or one bolt of it (`only`; an unknown one is an error).
+fn print_roster(roster: &SpannerStatusResponse, only: Option<&str>, json_out: bool) -> anyhow::Result<()> {
+    let bolts: Vec<&SpannerBolt> = roster.bolts.iter().filter(|b| only.is_none_or(|id| b.id == id)).collect();
+    if let Some(id) = only
+        && bolts.is_empty()
+    {
+        anyhow::bail!("no bolt {id} in the roster");
+    }
+    let bolt_json = |b: &SpannerBolt| {
+        json!({ "id": b.id, "addrs": b.addrs, "patterns": b.patterns,
+                "drained_to": (!b.drained_to.is_empty()).then_some(&b.drained_to), "this": b.id == roster.bolt })
+    };
+    if json_out {
+        let value = match only {
+            Some(_) => bolt_json(bolts[0]),
+            None => json!({
+                "bolt": (!roster.bolt.is_empty()).then_some(&roster.bolt),
+                "bolts": bolts.iter().map(|b| bolt_json(b)).collect::<Vec<_>>(),
+                "reassigned": roster.reassigned.iter().map(|r| json!({ "hostname": r.hostname, "to": r.to })).collect::<Vec<_>>(),
+            }),
+        };
+        println!("{value}");
+        return Ok(());
+    }
+    if only.is_none() {
+        match roster.bolt.as_str() {
+            "" => println!("this server is not a bolt"),
+            id => println!("this server is bolt {id}"),
+        }
+    }
+    for b in &bolts {
+        let this = if b.id == roster.bolt { " (this bolt)" } else { "" };
+        println!("bolt {}{this}", b.id);
+        println!("  addresses: {}", b.addrs.join(", "));
+        println!("  owns: {}", if b.patterns.is_empty() { "(no patterns)".to_string() } else { b.patterns.join(", ") });
+        if !b.drained_to.is_empty() {
+            println!("  drained to: {}", b.drained_to);
+        }
+    }
+    if only.is_none() {
+        for r in &roster.reassigned {
+            println!("reassigned: {} -> {}", r.hostname, r.to);
         }
     }
     Ok(())

@@ -229,6 +229,9 @@ pub fn event_of(env: &EventEnvelope) -> Event {
         Some(Kind::PeerAdmitted(_)) => ("PeerAdmitted", String::new()),
         Some(Kind::PeerRemoved(_)) => ("PeerRemoved", String::new()),
         Some(Kind::ClusterRecovered(_)) => ("ClusterRecovered", String::new()),
+        Some(Kind::BoltRegistered(b)) => ("BoltRegistered", b.bolt.clone()),
+        Some(Kind::EnvoysReassigned(r)) => ("EnvoysReassigned", r.hostname.clone()),
+        Some(Kind::BoltDrained(d)) => ("BoltDrained", d.bolt.clone()),
         None => ("Unknown", String::new()),
     };
     Event {

@@ -62,11 +62,15 @@ pub fn refused(e: ControlError) -> Status {
             Status::already_exists(msg)
         }
         ControlError::TokenKind(_) => Status::permission_denied(msg),
-        ControlError::EnvoyUnknown(_) | ControlError::PeerUnknown(_) => Status::not_found(msg),
+        ControlError::EnvoyUnknown(_) | ControlError::PeerUnknown(_) | ControlError::BoltUnknown(_) => {
+            Status::not_found(msg)
+        }
         ControlError::AlreadyRevoked(_)
         | ControlError::StackVersion { .. }
         | ControlError::KeysExist
         | ControlError::PeerId { .. } => Status::failed_precondition(msg),
-        ControlError::Empty | ControlError::Malformed(_) => Status::invalid_argument(msg),
+        ControlError::Empty | ControlError::Malformed(_) | ControlError::BoltId(_) | ControlError::Glob(_) => {
+            Status::invalid_argument(msg)
+        }
     }
 }

@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 
 pub mod admission;
+pub mod bolt;
 pub mod bundles;
 pub mod check_in;
 pub mod compliance;
@@ -63,10 +64,18 @@ pub struct RunConfig {
     pub held_max: Option<usize>,
     /// Join the cluster of another peer instead of founding one (on an empty data dir).
     pub join: Option<join::JoinConfig>,
+    /// Be a bolt of a federation: this id, owning these hostname globs.
+    pub bolt: Option<bolt::BoltConfig>,
 }
 
 /// Runs the server until `shutdown` resolves.
 pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    if let Some(bolt) = &config.bolt {
+        vigo_state::control::check_bolt_id(&bolt.id).map_err(|e| anyhow::anyhow!("--bolt: {e}"))?;
+        for pattern in &bolt.patterns {
+            vigo_state::control::check_glob(pattern).map_err(|e| anyhow::anyhow!("--bolt-pattern: {e}"))?;
+        }
+    }
     let paths = Paths::new(&config.data_dir);
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
@@ -161,6 +170,7 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 
         check_in_interval_s: config.check_in_interval_s,
         check_in_queue_max: config.check_in_queue_max,
         held_max,
+        bolt: config.bolt.clone(),
     };
     let node = Node::new(log, pki, settings);
     if let Some(recovery) = node.log.pending_recovery()? {
@@ -214,6 +224,7 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 
         None => None,
     };
     let _follow_stack = AbortOnDrop(tokio::spawn(node.clone().follow_stack()));
+    let _register_bolt = config.bolt.clone().map(|bolt| AbortOnDrop(tokio::spawn(bolt::register(node.clone(), bolt))));
     let _probe = AbortOnDrop(tokio::spawn(node.queue_delay.clone().probe()));
     let stopping = node.clone();
     let removed = node.clone();

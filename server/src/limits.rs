@@ -70,3 +70,8 @@ pub const KEYS_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// How long a peer removed from the cluster keeps running, at most, so the leader's membership
 /// change (which needs its vote) completes before it stops.
 pub const REMOVED_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Seconds (one attempt each) a bolt keeps trying to put its entry on the roster at start: a
+/// new cluster elects its leader within a few seconds; a minute covers a slow start of every
+/// peer of a trio.
+pub const BOLT_REGISTER_ATTEMPTS: u32 = 60;

@@ -17,6 +17,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start; the size of the `run` variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the server. An empty data dir founds a new cluster of one peer, or, with `--join`,
@@ -54,6 +56,12 @@ enum Command {
         /// The join token (`vigocli token create --join`).
         #[arg(long, requires = "join")]
         token: Option<String>,
+        /// Be a bolt of a federation, with this id in the admissions roster.
+        #[arg(long)]
+        bolt: Option<String>,
+        /// A hostname glob this bolt owns (repeatable), e.g. `*.eu.example.com`.
+        #[arg(long = "bolt-pattern", requires = "bolt")]
+        bolt_patterns: Vec<String>,
     },
     /// FORCED RECOVERY, for a cluster that has lost its quorum for good: make this stopped peer
     /// the sole voter. Writes the lost peers committed without it are gone; they must never run
@@ -89,6 +97,8 @@ fn main() {
             held_max,
             join,
             token,
+            bolt,
+            bolt_patterns,
         } => {
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
             let flush_interval = std::time::Duration::from_secs_f64(flush_interval);
@@ -103,6 +113,7 @@ fn main() {
                     check_in_queue_max: std::time::Duration::from_millis(check_in_queue_max_ms),
                     held_max: held_max.map(|n| n as usize),
                     join: join.zip(token).map(|(addr, token)| vigo_server::join::JoinConfig { addr, token }),
+                    bolt: bolt.map(|id| vigo_server::bolt::BoltConfig { id, patterns: bolt_patterns }),
                 },
                 shutdown_signal(),
             ))

@@ -34,6 +34,8 @@ pub struct Settings {
     pub check_in_queue_max: std::time::Duration,
     /// Sessions and watches held at most at once.
     pub held_max: usize,
+    /// Set when this server is a bolt of a federation.
+    pub bolt: Option<crate::bolt::BoltConfig>,
 }
 
 /// Why a control write did not happen.
@@ -71,6 +73,8 @@ pub struct Node {
     pub stack_version: tokio::sync::watch::Sender<u64>,
     /// Set when the server stops: open watches end, so the graceful shutdown can finish.
     pub stopping: tokio::sync::watch::Sender<bool>,
+    /// Stamps this bolt's roster writes.
+    pub roster_clock: crate::bolt::RosterClock,
     write_lock: tokio::sync::Mutex<()>,
 }
 
@@ -88,6 +92,7 @@ impl Node {
     pub fn new(log: Arc<LogNode>, pki: Pki, settings: Settings) -> Arc<Self> {
         let bundles = BundleCache::new(pki.bundle_key.clone());
         let stack_version = tokio::sync::watch::Sender::new(log.state().stack_version());
+        let roster_clock = crate::bolt::RosterClock::new(settings.bolt.as_ref().map_or("", |b| b.id.as_str()));
         Arc::new(Self {
             log,
             fleet: FleetIndex::default(),
@@ -100,6 +105,7 @@ impl Node {
             metrics: Metrics::default(),
             stack_version,
             stopping: tokio::sync::watch::Sender::new(false),
+            roster_clock,
             write_lock: Default::default(),
         })
     }

@@ -13,7 +13,9 @@ use std::sync::{Arc, OnceLock};
 use ed25519_dalek::VerifyingKey;
 
 use imbl::{HashMap, OrdMap};
-use vigo_proto::events::{Event, EventEnvelope, event::Kind};
+use vigo_proto::events::{Event, EventEnvelope, RosterStamp, event::Kind};
+
+use crate::roster::{BoltEntry, Roster, Stamp};
 
 use vigo_proto::chain::{self, GENESIS_HASH};
 
@@ -175,6 +177,15 @@ pub enum ControlError {
     /// No current member with this node id.
     #[error("no peer {0} in the cluster")]
     PeerUnknown(u64),
+    /// No bolt with this id in the roster.
+    #[error("no bolt {0} in the roster")]
+    BoltUnknown(String),
+    /// Not a bolt id.
+    #[error("invalid bolt id {0:?}: use 1 to 64 letters, digits, '.', '_' or '-'")]
+    BoltId(String),
+    /// Not a hostname or a hostname glob.
+    #[error("invalid hostname pattern {0:?}")]
+    Glob(String),
     /// A stack version must be the live one plus one.
     #[error("stack version {found} does not follow the live version {live}")]
     StackVersion {
@@ -199,6 +210,9 @@ pub struct ControlState {
     peers: OrdMap<u64, PeerEntry>,
     /// Event index of the last change to the peers.
     peers_index: u64,
+    /// The federation's admissions roster as this bolt knows it (changed only by roster
+    /// events, so shared, not copied, by every published snapshot).
+    roster: Arc<Roster>,
 }
 
 impl ControlState {
@@ -288,6 +302,11 @@ impl ControlState {
         self.peers.keys().next_back().map_or(1, |last| last + 1)
     }
 
+    /// The federation's admissions roster.
+    pub fn roster(&self) -> &Roster {
+        &self.roster
+    }
+
     /// Whether `event`, stamped at `now_ms`, may be applied to this state.
     pub fn validate(&self, event: &Event, now_ms: i64) -> Result<(), ControlError> {
         match event.kind.as_ref().ok_or(ControlError::Empty)? {
@@ -363,6 +382,35 @@ impl ControlState {
             Kind::ClusterRecovered(r) => {
                 if !self.is_member(r.node_id) {
                     return Err(ControlError::PeerUnknown(r.node_id));
+                }
+            }
+            Kind::BoltRegistered(b) => {
+                roster_stamp(b.stamp.as_ref())?;
+                check_bolt_id(&b.bolt)?;
+                if b.addrs.is_empty() || b.addrs.iter().any(|a| a.is_empty()) {
+                    return Err(ControlError::Malformed("a bolt needs at least one address"));
+                }
+                for pattern in &b.patterns {
+                    check_glob(pattern)?;
+                }
+            }
+            Kind::EnvoysReassigned(r) => {
+                roster_stamp(r.stamp.as_ref())?;
+                check_glob(&r.hostname)?;
+                if !r.to.is_empty() && self.roster.bolt(&r.to).is_none() {
+                    return Err(ControlError::BoltUnknown(r.to.clone()));
+                }
+            }
+            Kind::BoltDrained(d) => {
+                roster_stamp(d.stamp.as_ref())?;
+                if self.roster.bolt(&d.bolt).is_none() {
+                    return Err(ControlError::BoltUnknown(d.bolt.clone()));
+                }
+                if !d.to.is_empty() && self.roster.bolt(&d.to).is_none() {
+                    return Err(ControlError::BoltUnknown(d.to.clone()));
+                }
+                if d.to == d.bolt {
+                    return Err(ControlError::Malformed("a bolt cannot be drained to itself"));
                 }
             }
         }
@@ -493,6 +541,21 @@ impl ControlState {
                 }
                 self.peers_index = index;
             }
+            Kind::BoltRegistered(b) => {
+                let entry = BoltEntry { addrs: b.addrs.clone(), patterns: b.patterns.clone() };
+                let stamp = roster_stamp(b.stamp.as_ref()).expect("validated");
+                Arc::make_mut(&mut self.roster).put_bolt(&b.bolt, entry, stamp);
+            }
+            Kind::EnvoysReassigned(r) => {
+                let stamp = roster_stamp(r.stamp.as_ref()).expect("validated");
+                let to = (!r.to.is_empty()).then_some(r.to.as_str());
+                Arc::make_mut(&mut self.roster).reassign(&r.hostname, to, stamp);
+            }
+            Kind::BoltDrained(d) => {
+                let stamp = roster_stamp(d.stamp.as_ref()).expect("validated");
+                let to = (!d.to.is_empty()).then_some(d.to.as_str());
+                Arc::make_mut(&mut self.roster).drain(&d.bolt, to, stamp);
+            }
         }
         self.last_index = index;
         self.last_hash = chain::to_hash(&env.hash);
@@ -511,6 +574,27 @@ impl ControlState {
         let n_active = self.envoys.values().filter(|e| e.revoked_index.is_none()).count();
         assert_eq!(n_active, self.active_hostnames.len(), "I-5: every active envoy holds its hostname");
     }
+}
+
+/// A roster event's stamp, which it must carry.
+fn roster_stamp(stamp: Option<&RosterStamp>) -> Result<Stamp, ControlError> {
+    let stamp = stamp.ok_or(ControlError::Malformed("a roster event needs its stamp"))?;
+    check_bolt_id(&stamp.actor)?;
+    Ok(Stamp { ms: stamp.ms, counter: stamp.counter, actor: stamp.actor.clone() })
+}
+
+/// A bolt id: 1 to 64 letters, digits, `.`, `_` or `-`.
+pub fn check_bolt_id(id: &str) -> Result<(), ControlError> {
+    let ok = !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok { Ok(()) } else { Err(ControlError::BoltId(id.to_string())) }
+}
+
+/// A hostname or a hostname glob.
+pub fn check_glob(pattern: &str) -> Result<(), ControlError> {
+    if pattern.is_empty() || globset::Glob::new(pattern).is_err() {
+        return Err(ControlError::Glob(pattern.to_string()));
+    }
+    Ok(())
 }
 
 fn hash32(bytes: &[u8]) -> Option<[u8; 32]> {
@@ -625,6 +709,54 @@ mod tests {
         ]);
         assert_eq!(state.peer(2).unwrap().removed_index, None);
         assert_eq!(recovered.peer(2).unwrap().removed_index, Some(4));
+    }
+
+    #[test]
+    fn roster_events_register_reassign_and_drain_and_refuse_unknown_bolts() {
+        use vigo_proto::events::{BoltDrained, BoltRegistered, EnvoysReassigned, RosterStamp};
+        let stamp = |ms| Some(RosterStamp { ms, counter: 0, actor: "eu-1".into() });
+        let bolt = |id: &str, pattern: &str, ms| {
+            Kind::BoltRegistered(BoltRegistered {
+                bolt: id.into(),
+                addrs: vec![format!("{id}.example.com:1530")],
+                patterns: vec![pattern.into()],
+                stamp: stamp(ms),
+            })
+        };
+        let reassign = |hostname: &str, to: &str, ms| {
+            Kind::EnvoysReassigned(EnvoysReassigned { hostname: hostname.into(), to: to.into(), stamp: stamp(ms) })
+        };
+        let drain = |from: &str, to: &str, ms| {
+            Kind::BoltDrained(BoltDrained { bolt: from.into(), to: to.into(), stamp: stamp(ms) })
+        };
+        let (state, refusals) = run(vec![
+            reassign("web-*", "us-1", 1),
+            bolt("eu-1", "*.eu", 2),
+            bolt("us-1", "*.us", 3),
+            reassign("web-*", "us-1", 4),
+            drain("eu-1", "eu-1", 5),
+            drain("ap-1", "us-1", 6),
+            drain("eu-1", "us-1", 7),
+            bolt("bad id", "*", 8),
+            reassign("[", "us-1", 9),
+            Kind::BoltRegistered(BoltRegistered { bolt: "x".into(), addrs: vec!["a:1".into()], ..Default::default() }),
+        ]);
+        assert_eq!(
+            refusals,
+            [
+                "no bolt us-1 in the roster",
+                "malformed event: a bolt cannot be drained to itself",
+                "no bolt ap-1 in the roster",
+                "invalid bolt id \"bad id\": use 1 to 64 letters, digits, '.', '_' or '-'",
+                "invalid hostname pattern \"[\"",
+                "malformed event: a roster event needs its stamp",
+            ]
+        );
+        let roster = state.roster();
+        assert_eq!(roster.bolts().count(), 2);
+        assert_eq!(roster.owner("web-1.eu").map(String::as_str), Some("us-1"), "reassigned");
+        assert_eq!(roster.owner("db-1.eu").map(String::as_str), Some("us-1"), "eu-1 is drained to us-1");
+        assert_eq!(roster.drained_to("eu-1").map(String::as_str), Some("us-1"));
     }
 
     #[test]

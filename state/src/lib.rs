@@ -12,10 +12,12 @@ pub use vigo_proto::chain;
 pub mod control;
 pub mod fleet;
 pub mod fleet_store;
+pub mod roster;
 pub mod traits;
 
 pub use chain::{ChainError, GENESIS_HASH, envelope_hash, seal, verify_next};
 pub use control::{ControlError, ControlState, EnvoyEntry, KeyCache, LiveStack, PeerEntry, SealedKeys, TokenEntry};
 pub use fleet::{DirtyEnvoy, EnvoyObservation, FleetIndex, Replay};
 pub use fleet_store::{FleetStore, FlushReport, LoadReport, Scope, StoreError};
+pub use roster::{BoltEntry, BoltId, Clock, Health, Roster, Stamp};
 pub use traits::{HeldTraits, Node as TraitNode, NodeId, NodeKind, Restored, StoreStats, TraitStore, TraitsError};

@@ -12,7 +12,8 @@ use vigo_proto::admin::{
     EnvoyInfo, ListEnvoysRequest, ListEnvoysResponse, PromotePeerRequest, PromotePeerResponse, PublishStackRequest,
     PublishStackResponse, ReadHistoryRequest, ReadHistoryResponse, RemovePeerRequest, RemovePeerResponse,
     ReportComplianceRequest, ReportComplianceResponse, RevokeEnvoyRequest, RevokeEnvoyResponse, ServerStatusRequest,
-    ServerStatusResponse, ShowEnvoyRequest, ShowEnvoyResponse,
+    ServerStatusResponse, ShowEnvoyRequest, ShowEnvoyResponse, SpannerBolt, SpannerDrainRequest,
+    SpannerReassignRequest, SpannerRoute, SpannerStatusRequest, SpannerStatusResponse, SpannerWriteResponse,
 };
 use vigo_proto::events::event::Kind;
 use vigo_proto::events::{EnvoyRevoked, StackPublished, TokenCreated};
@@ -227,6 +228,54 @@ impl Admin for AdminService {
         crate::services::peer::change_membership(&self.node, ChangeMembershipRequest { change: Some(change), actor })
             .await?;
         Ok(Response::new(RemovePeerResponse {}))
+    }
+
+    async fn spanner_status(
+        &self,
+        request: Request<SpannerStatusRequest>,
+    ) -> Result<Response<SpannerStatusResponse>, Status> {
+        admin(&request)?;
+        let state = self.node.log.state();
+        let roster = state.roster();
+        let bolts = roster
+            .bolts()
+            .map(|(id, entry)| SpannerBolt {
+                id: id.clone(),
+                addrs: entry.addrs.clone(),
+                patterns: entry.patterns.clone(),
+                drained_to: roster.drained_to(id).cloned().unwrap_or_default(),
+            })
+            .collect();
+        let reassigned = roster
+            .overrides()
+            .map(|(hostname, to)| SpannerRoute { hostname: hostname.clone(), to: to.clone() })
+            .collect();
+        let bolt = self.node.settings.bolt.as_ref().map(|b| b.id.clone()).unwrap_or_default();
+        Ok(Response::new(SpannerStatusResponse { bolt, bolts, reassigned }))
+    }
+
+    async fn spanner_reassign(
+        &self,
+        request: Request<SpannerReassignRequest>,
+    ) -> Result<Response<SpannerWriteResponse>, Status> {
+        let actor = admin(&request)?;
+        let req = request.into_inner();
+        let to = (!req.to.is_empty()).then_some(req.to.as_str());
+        let index = crate::bolt::reassign(&self.node, &actor, &req.hostname, to).await?;
+        tracing::info!(hostname = req.hostname, to = req.to, index, "envoys reassigned");
+        Ok(Response::new(SpannerWriteResponse { index }))
+    }
+
+    async fn spanner_drain(
+        &self,
+        request: Request<SpannerDrainRequest>,
+    ) -> Result<Response<SpannerWriteResponse>, Status> {
+        let actor = admin(&request)?;
+        let req = request.into_inner();
+        let to = (!req.to.is_empty()).then_some(req.to.as_str());
+        let index = crate::bolt::drain(&self.node, &actor, &req.bolt, to).await?;
+        tracing::info!(bolt = req.bolt, to = req.to, index, "bolt drained");
+        Ok(Response::new(SpannerWriteResponse { index }))
     }
 
     async fn compact_log(&self, request: Request<CompactLogRequest>) -> Result<Response<CompactLogResponse>, Status> {

@@ -1,0 +1,111 @@
+//! A bolt's side of the federation, over real processes: `vigosrv --bolt` puts itself on the
+//! admissions roster once, `vigocli spanner` shows the roster and changes it with reassigns and
+//! drains, each an event on the bolt's log with a stamp that only grows, refusals are one line
+//! and change nothing, and the roster comes back from the log after a restart.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{Server, bin, text};
+
+fn roster(server: &Server) -> Value {
+    server.cli_json(&["spanner", "status"])
+}
+
+fn last_index(server: &Server) -> u64 {
+    server.cli_json(&["audit", "log"])["last_index"].as_u64().unwrap()
+}
+
+fn events_of(server: &Server, kind: &str) -> Vec<Value> {
+    let log = server.cli_json(&["audit", "log"]);
+    log["events"].as_array().unwrap().iter().filter(|e| e["event"] == kind).cloned().collect()
+}
+
+/// Runs vigocli expecting a refusal; returns its one-line error.
+fn refused(server: &Server, args: &[&str]) -> String {
+    let out = server.cli(args);
+    assert!(!out.status.success(), "{args:?} should be refused: {}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    err
+}
+
+#[test]
+fn a_bolt_registers_itself_and_takes_reassigns_and_drains_as_events() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("eu-1");
+    let flags = ["--bolt", "eu-1", "--bolt-pattern", "*.eu.example.com", "--bolt-pattern", "eu-*"];
+    let server = Server::start_with(&dir, "127.0.0.1:0", &flags);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while roster(&server)["bolts"].as_array().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the bolt did not register");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = roster(&server);
+    assert_eq!(status["bolt"], "eu-1");
+    assert_eq!(status["bolts"][0]["id"], "eu-1");
+    assert_eq!(status["bolts"][0]["this"], true);
+    assert_eq!(status["bolts"][0]["addrs"], serde_json::json!([server.addr]));
+    assert_eq!(status["bolts"][0]["patterns"], serde_json::json!(["*.eu.example.com", "eu-*"]));
+    assert_eq!(server.cli_json(&["spanner", "bolt", "eu-1"])["id"], "eu-1");
+
+    // Refusals: one line each, and nothing is written.
+    let before = last_index(&server);
+    let err = refused(&server, &["spanner", "reassign", "--hostname", "web-*", "--to", "us-1"]);
+    assert!(err.contains("no bolt us-1 in the roster"), "{err}");
+    let err = refused(&server, &["spanner", "drain", "--bolt", "eu-1", "--to", "eu-1"]);
+    assert!(err.contains("a bolt cannot be drained to itself"), "{err}");
+    let err = refused(&server, &["spanner", "reassign", "--hostname", "web-[", "--to", "eu-1"]);
+    assert!(err.contains("invalid hostname pattern \"web-[\""), "{err}");
+    let err = refused(&server, &["spanner", "bolt", "ap-1"]);
+    assert!(err.contains("no bolt ap-1 in the roster"), "{err}");
+    assert_eq!(last_index(&server), before, "refused requests wrote nothing");
+
+    // A reassignment and its lifting: events with growing stamps.
+    let out = server.cli_ok(&["spanner", "reassign", "--hostname", "web-*.eu.example.com", "--to", "eu-1"]);
+    assert!(out.starts_with("web-*.eu.example.com reassigned to bolt eu-1 (event "), "{out}");
+    assert_eq!(
+        roster(&server)["reassigned"],
+        serde_json::json!([{ "hostname": "web-*.eu.example.com", "to": "eu-1" }])
+    );
+    server.cli_ok(&["spanner", "reassign", "--hostname", "web-*.eu.example.com", "--lift"]);
+    assert_eq!(roster(&server)["reassigned"], serde_json::json!([]));
+    let reassigns = events_of(&server, "EnvoysReassigned");
+    assert_eq!(reassigns.len(), 2);
+    let stamp = |e: &Value| {
+        let s = e["details"]["stamp"].as_str().unwrap().to_string();
+        assert!(s.ends_with("@eu-1"), "{s}");
+        let (ms, counter) = s.trim_end_matches("@eu-1").split_once('.').unwrap();
+        (ms.parse::<u64>().unwrap(), counter.parse::<u32>().unwrap())
+    };
+    assert!(stamp(&reassigns[1]) > stamp(&reassigns[0]), "stamps grow: {reassigns:?}");
+
+    // The roster is control state: it comes back from the log, and the bolt does not register
+    // again when its entry is unchanged.
+    let (addr, registered) = (server.addr.clone(), events_of(&server, "BoltRegistered").len());
+    assert_eq!(registered, 1);
+    server.stop();
+    let server = Server::start_with(&dir, &addr, &flags);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(roster(&server)["bolts"][0]["id"], "eu-1");
+    assert_eq!(events_of(&server, "BoltRegistered").len(), 1, "no second registration");
+
+    // A server that is not a bolt refuses roster writes.
+    let plain = Server::start(&tmp.path().join("plain"), "127.0.0.1:0");
+    let err = refused(&plain, &["spanner", "drain", "--bolt", "eu-1", "--end"]);
+    assert!(err.contains("this server is not a bolt"), "{err}");
+    assert_eq!(roster(&plain)["bolt"], Value::Null);
+
+    // A bad bolt id is refused at start, in one line.
+    let out = std::process::Command::new(bin("vigosrv"))
+        .args(["run", "--data-dir"])
+        .arg(tmp.path().join("bad"))
+        .args(["--listen", "127.0.0.1:0", "--bolt", "eu 1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--bolt: invalid bolt id \"eu 1\""), "{err}");
+}
