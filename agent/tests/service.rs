@@ -49,13 +49,8 @@ fn wants_link(root: &Path) -> PathBuf {
     root.join("etc/systemd/system/multi-user.target.wants/vigo-test.service")
 }
 
-/// Noop first (which must change nothing), then the real run; both must say the same.
 fn noop_then_real(root: &Path, json: &serde_json::Value) -> String {
-    let before = snapshot(root);
-    let Outcome::Changed(would) = run(root, json, true) else { panic!("noop of {json} did not report a change") };
-    assert_eq!(snapshot(root), before, "noop changed the sandbox");
-    assert_eq!(run(root, json, false), Outcome::Changed(would.clone()), "noop and the real run disagree");
-    would
+    common::noop_then_real("service", json["name"].as_str().unwrap_or_default(), root, json)
 }
 
 #[test]

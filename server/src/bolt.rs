@@ -84,30 +84,31 @@ pub async fn register(node: std::sync::Arc<Node>, config: BoltConfig) {
 
 /// `spanner reassign`: `hostname` (a hostname or a glob) to bolt `to`, or lifted (`None`).
 pub async fn reassign(node: &Node, actor: &str, hostname: &str, to: Option<&str>) -> Result<u64, WriteError> {
-    node.settings.bolt.as_ref().ok_or_else(not_a_bolt)?;
-    let env = node
-        .commit(actor, |state| {
-            Ok(Kind::EnvoysReassigned(EnvoysReassigned {
-                hostname: hostname.to_string(),
-                to: to.unwrap_or_default().to_string(),
-                stamp: Some(node.roster_clock.stamp(state)),
-            }))
+    roster_write(node, actor, |stamp| {
+        Kind::EnvoysReassigned(EnvoysReassigned {
+            hostname: hostname.to_string(),
+            to: to.unwrap_or_default().to_string(),
+            stamp: Some(stamp),
         })
-        .await?;
-    Ok(env.index)
+    })
+    .await
 }
 
 /// `spanner drain`: bolt `bolt`'s envoys to bolt `to`, or the drain ended (`None`).
 pub async fn drain(node: &Node, actor: &str, bolt: &str, to: Option<&str>) -> Result<u64, WriteError> {
-    node.settings.bolt.as_ref().ok_or_else(not_a_bolt)?;
-    let env = node
-        .commit(actor, |state| {
-            Ok(Kind::BoltDrained(BoltDrained {
-                bolt: bolt.to_string(),
-                to: to.unwrap_or_default().to_string(),
-                stamp: Some(node.roster_clock.stamp(state)),
-            }))
+    roster_write(node, actor, |stamp| {
+        Kind::BoltDrained(BoltDrained {
+            bolt: bolt.to_string(),
+            to: to.unwrap_or_default().to_string(),
+            stamp: Some(stamp),
         })
-        .await?;
+    })
+    .await
+}
+
+/// Commits the roster event `make` builds around a fresh stamp; only a bolt writes the roster.
+async fn roster_write(node: &Node, actor: &str, make: impl FnOnce(RosterStamp) -> Kind) -> Result<u64, WriteError> {
+    node.settings.bolt.as_ref().ok_or_else(not_a_bolt)?;
+    let env = node.commit(actor, |state| Ok(make(node.roster_clock.stamp(state)))).await?;
     Ok(env.index)
 }

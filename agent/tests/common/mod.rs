@@ -44,3 +44,16 @@ pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u32, Vec<u8>)> {
     }
     entries
 }
+
+/// Noop first (which must change nothing), then the real run; both must report the same change,
+/// which is returned.
+pub fn noop_then_real(kind: &str, name: &str, root: &Path, json: &serde_json::Value) -> String {
+    let before = snapshot(root);
+    let Outcome::Changed(would) = apply_json(kind, name, root, json, true, false) else {
+        panic!("noop of {json} did not report a change")
+    };
+    assert_eq!(snapshot(root), before, "noop changed the sandbox");
+    let done = apply_json(kind, name, root, json, false, false);
+    assert_eq!(done, Outcome::Changed(would.clone()), "noop and the real run disagree");
+    would
+}
