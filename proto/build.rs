@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/vigo/admin.proto",
         "proto/vigo/fleet.proto",
         "proto/vigo/peer.proto",
+        "proto/vigo/spanner.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

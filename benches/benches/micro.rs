@@ -26,6 +26,7 @@ fn history(n: u64) -> Vec<EventEnvelope> {
                 uses: u32::MAX,
                 expires_at_ms: 0,
                 join: false,
+                federate: false,
             })
         } else if i % 100 == 0 {
             version += 1;

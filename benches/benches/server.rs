@@ -72,7 +72,13 @@ fn control_of(envoy_key: &SigningKey, others: u32) -> ControlState {
         })
     };
     let mut kinds = vec![
-        Kind::TokenCreated(TokenCreated { token_sha256: vec![1; 32], uses: others + 1, expires_at_ms: 0, join: false }),
+        Kind::TokenCreated(TokenCreated {
+            token_sha256: vec![1; 32],
+            uses: others + 1,
+            expires_at_ms: 0,
+            join: false,
+            federate: false,
+        }),
         enrolled(
             "e-0000000000000001".into(),
             "web-1.example.com".into(),

@@ -48,6 +48,17 @@ fn describe(env: &EventEnvelope) -> (&'static str, Value) {
         Some(Kind::EnvoysReassigned(r)) => {
             ("EnvoysReassigned", json!({ "hostname": r.hostname, "to": r.to, "stamp": stamp(r.stamp.as_ref()) }))
         }
+        Some(Kind::BoltFederated(f)) => {
+            ("BoltFederated", json!({ "bolt": f.bolt, "token_sha256": hex::encode(&f.token_sha256) }))
+        }
+        Some(Kind::RosterMerged(m)) => {
+            let r = m.roster.clone().unwrap_or_default();
+            let bolts: Vec<&str> = r.bolts.iter().map(|b| b.bolt.as_str()).collect();
+            (
+                "RosterMerged",
+                json!({ "from": m.from, "bolts": bolts, "reassigned": r.reassigned.len(), "drains": r.drains.len() }),
+            )
+        }
         Some(Kind::BoltDrained(d)) => {
             ("BoltDrained", json!({ "bolt": d.bolt, "to": d.to, "stamp": stamp(d.stamp.as_ref()) }))
         }

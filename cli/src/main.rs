@@ -139,8 +139,12 @@ enum TokenCommand {
         ttl: u32,
         /// A join token, admitting a new peer (`vigosrv run --join ADDR --token T`), instead
         /// of an enrollment token.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "federate")]
         join: bool,
+        /// A federation token, federating a new bolt with this server's
+        /// (`vigosrv run --bolt ID --federate ADDR --token T`).
+        #[arg(long)]
+        federate: bool,
     },
 }
 
@@ -222,9 +226,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let json_out = cli.output == Output::Json;
     let mut client = admin_client(&cli).await?;
     match &cli.command {
-        Command::Token(TokenCommand::Create { uses, ttl, join }) => {
+        Command::Token(TokenCommand::Create { uses, ttl, join, federate }) => {
             let token = client
-                .create_token(CreateTokenRequest { uses: *uses, ttl_s: *ttl, join: *join })
+                .create_token(CreateTokenRequest { uses: *uses, ttl_s: *ttl, join: *join, federate: *federate })
                 .await
                 .map_err(status)?
                 .into_inner()

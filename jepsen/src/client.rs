@@ -64,7 +64,7 @@ impl Client {
     /// Creates a token and returns it too (an enrollment uses it). The server makes its secret, so a token whose answer was lost is known
     /// by no key (empty): the checkers allow as many unclaimed tokens as such writes.
     pub async fn create_token(&mut self) -> (Write, Outcome, Option<String>) {
-        let request = CreateTokenRequest { uses: 1, ttl_s: 0, join: false };
+        let request = CreateTokenRequest { uses: 1, ttl_s: 0, join: false, federate: false };
         let unknown = Write::Token { key: String::new() };
         match tokio::time::timeout(OP_TIMEOUT, self.admin.create_token(request)).await {
             Ok(Ok(reply)) => {
@@ -232,6 +232,8 @@ pub fn event_of(env: &EventEnvelope) -> Event {
         Some(Kind::BoltRegistered(b)) => ("BoltRegistered", b.bolt.clone()),
         Some(Kind::EnvoysReassigned(r)) => ("EnvoysReassigned", r.hostname.clone()),
         Some(Kind::BoltDrained(d)) => ("BoltDrained", d.bolt.clone()),
+        Some(Kind::BoltFederated(f)) => ("BoltFederated", f.bolt.clone()),
+        Some(Kind::RosterMerged(m)) => ("RosterMerged", m.from.clone()),
         None => ("Unknown", String::new()),
     };
     Event {

@@ -209,6 +209,7 @@ mod tests {
                     uses: 1,
                     expires_at_ms: 0,
                     join: false,
+                    federate: false,
                 });
                 let proposal = EventProposal {
                     proposed_at_ms: 1,

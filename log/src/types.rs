@@ -190,6 +190,7 @@ mod tests {
                     uses: 1,
                     expires_at_ms: 0,
                     join: false,
+                    federate: false,
                 })),
             }),
         }

@@ -41,6 +41,12 @@ pub mod peer {
     tonic::include_proto!("vigo.peer");
 }
 
+/// Spanner API (bolt ↔ bolt): federating a new bolt, roster gossip.
+pub mod spanner {
+    #![allow(clippy::all)]
+    tonic::include_proto!("vigo.spanner");
+}
+
 pub mod chain;
 pub mod codec;
 pub mod fds;

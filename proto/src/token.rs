@@ -1,5 +1,5 @@
 //! Tokens: `vgt1_<secret>_<ca pin>` enrolls an envoy, `vgp1_<secret>_<ca pin>` joins a peer
-//! to the cluster; secret and pin in hex.
+//! to the cluster, `vgf1_<secret>_<ca pin>` federates a new bolt; secret and pin in hex.
 //!
 //! The secret proves the operator allowed the enrollment or the join (the server stores only
 //! its SHA-256); the pin is the SHA-256 of the cluster CA certificate, so `envoy enroll` and a
@@ -15,6 +15,8 @@ pub enum TokenKind {
     Enroll,
     /// A peer, through `vigosrv run --join` (`vgp1_`).
     Join,
+    /// A new bolt of the federation, through `vigosrv run --bolt ID --federate` (`vgf1_`).
+    Federate,
 }
 
 impl TokenKind {
@@ -22,6 +24,7 @@ impl TokenKind {
         match self {
             TokenKind::Enroll => "vgt1",
             TokenKind::Join => "vgp1",
+            TokenKind::Federate => "vgf1",
         }
     }
 }
@@ -47,6 +50,7 @@ impl TokenKind {
         match self {
             TokenKind::Enroll => "enrollment",
             TokenKind::Join => "join",
+            TokenKind::Federate => "federation",
         }
     }
 }

@@ -296,6 +296,7 @@ mod tests {
             uses: envoys.len() as u32,
             expires_at_ms: 0,
             join: false,
+            federate: false,
         })];
         for (i, (id, key)) in envoys.iter().enumerate() {
             kinds.push(Kind::EnvoyEnrolled(EnvoyEnrolled {

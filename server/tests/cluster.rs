@@ -261,7 +261,7 @@ fn many_events(peer: &Server, n: usize) {
         let config = client_config(&ca, Some(identity)).unwrap();
         let mut client = AdminClient::new(connect(&peer.addr, config, Duration::from_secs(10)).await.unwrap());
         for _ in 0..n {
-            client.create_token(CreateTokenRequest { uses: 1, ttl_s: 0, join: false }).await.unwrap();
+            client.create_token(CreateTokenRequest { uses: 1, ttl_s: 0, join: false, federate: false }).await.unwrap();
         }
     });
 }

@@ -13,7 +13,7 @@ use std::sync::{Arc, OnceLock};
 use ed25519_dalek::VerifyingKey;
 
 use imbl::{HashMap, OrdMap};
-use vigo_proto::events::{Event, EventEnvelope, RosterStamp, event::Kind};
+use vigo_proto::events::{Event, EventEnvelope, RosterDelta, RosterStamp, event::Kind};
 
 use crate::roster::{BoltEntry, Roster, Stamp};
 
@@ -24,6 +24,8 @@ use vigo_proto::chain::{self, GENESIS_HASH};
 pub struct TokenEntry {
     /// A join token admits peers; otherwise it enrolls envoys.
     pub join: bool,
+    /// A federation token admits a new bolt.
+    pub federate: bool,
     /// Enrollments still allowed.
     pub uses_left: u32,
     /// Refused after this time (ms since epoch); 0 = never.
@@ -326,7 +328,7 @@ impl ControlState {
                 if e.envoy_id.is_empty() || e.hostname.is_empty() {
                     return Err(ControlError::Malformed("envoy id and hostname are required"));
                 }
-                self.check_token(&hash, false, now_ms)?;
+                self.check_token(&hash, TokenUse::Envoy, now_ms)?;
                 if self.envoys.contains_key(&e.envoy_id) {
                     return Err(ControlError::EnvoyIdTaken(e.envoy_id.clone()));
                 }
@@ -371,7 +373,7 @@ impl ControlState {
                 if !(p.token_sha256.is_empty() && self.peers.is_empty()) {
                     let hash =
                         hash32(&p.token_sha256).ok_or(ControlError::Malformed("token_sha256 must be 32 bytes"))?;
-                    self.check_token(&hash, true, now_ms)?;
+                    self.check_token(&hash, TokenUse::Peer, now_ms)?;
                 }
             }
             Kind::PeerRemoved(r) => {
@@ -401,6 +403,14 @@ impl ControlState {
                     return Err(ControlError::BoltUnknown(r.to.clone()));
                 }
             }
+            Kind::BoltFederated(f) => {
+                check_bolt_id(&f.bolt)?;
+                let hash = hash32(&f.token_sha256).ok_or(ControlError::Malformed("token_sha256 must be 32 bytes"))?;
+                self.check_token(&hash, TokenUse::Bolt, now_ms)?;
+            }
+            Kind::RosterMerged(m) => {
+                roster_of(m.roster.as_ref().ok_or(ControlError::Malformed("a merge needs a roster"))?)?;
+            }
             Kind::BoltDrained(d) => {
                 roster_stamp(d.stamp.as_ref())?;
                 if self.roster.bolt(&d.bolt).is_none() {
@@ -429,13 +439,22 @@ impl ControlState {
         }
     }
 
-    /// Whether the token with this hash may be used now, for a peer (`join`) or an envoy.
-    fn check_token(&self, hash: &[u8; 32], join: bool, now_ms: i64) -> Result<(), ControlError> {
+    /// Whether the token with this hash may be used now, for what `used_for` admits.
+    fn check_token(&self, hash: &[u8; 32], used_for: TokenUse, now_ms: i64) -> Result<(), ControlError> {
         let token = self.tokens.get(hash).ok_or(ControlError::TokenUnknown)?;
-        match (token.join, join) {
-            (true, false) => return Err(ControlError::TokenKind("admits a peer; it cannot enroll an envoy")),
-            (false, true) => return Err(ControlError::TokenKind("enrolls envoys; it cannot admit a peer")),
-            _ => {}
+        let kind = match (token.federate, token.join) {
+            (true, _) => TokenUse::Bolt,
+            (false, true) => TokenUse::Peer,
+            (false, false) => TokenUse::Envoy,
+        };
+        if kind != used_for {
+            return Err(ControlError::TokenKind(match (kind, used_for) {
+                (TokenUse::Peer, TokenUse::Bolt) => "admits a peer; it cannot federate a bolt",
+                (TokenUse::Peer, _) => "admits a peer; it cannot enroll an envoy",
+                (TokenUse::Envoy, TokenUse::Bolt) => "enrolls envoys; it cannot federate a bolt",
+                (TokenUse::Envoy, _) => "enrolls envoys; it cannot admit a peer",
+                (TokenUse::Bolt, _) => "federates a bolt; it cannot enroll an envoy or admit a peer",
+            }));
         }
         if token.uses_left == 0 {
             return Err(ControlError::TokenUsedUp);
@@ -470,6 +489,7 @@ impl ControlState {
             Kind::TokenCreated(t) => {
                 let entry = TokenEntry {
                     join: t.join,
+                    federate: t.federate,
                     uses_left: t.uses,
                     expires_at_ms: t.expires_at_ms,
                     created_index: index,
@@ -551,6 +571,11 @@ impl ControlState {
                 let to = (!r.to.is_empty()).then_some(r.to.as_str());
                 Arc::make_mut(&mut self.roster).reassign(&r.hostname, to, stamp);
             }
+            Kind::BoltFederated(f) => self.use_token(&f.token_sha256),
+            Kind::RosterMerged(m) => {
+                let merged = roster_of(m.roster.as_ref().expect("validated")).expect("validated");
+                crdts::CvRDT::merge(Arc::make_mut(&mut self.roster), merged);
+            }
             Kind::BoltDrained(d) => {
                 let stamp = roster_stamp(d.stamp.as_ref()).expect("validated");
                 let to = (!d.to.is_empty()).then_some(d.to.as_str());
@@ -574,6 +599,48 @@ impl ControlState {
         let n_active = self.envoys.values().filter(|e| e.revoked_index.is_none()).count();
         assert_eq!(n_active, self.active_hostnames.len(), "I-5: every active envoy holds its hostname");
     }
+}
+
+/// What a token is used for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TokenUse {
+    Envoy,
+    Peer,
+    Bolt,
+}
+
+/// The roster a `RosterDelta` describes, every entry checked.
+pub fn roster_of(delta: &RosterDelta) -> Result<Roster, ControlError> {
+    let mut roster = Roster::default();
+    for b in &delta.bolts {
+        check_bolt_id(&b.bolt)?;
+        for pattern in &b.patterns {
+            check_glob(pattern)?;
+        }
+        let entry = BoltEntry { addrs: b.addrs.clone(), patterns: b.patterns.clone() };
+        roster.put_bolt(&b.bolt, entry, roster_stamp(b.stamp.as_ref())?);
+    }
+    for b in &delta.removed {
+        check_bolt_id(&b.bolt)?;
+        roster.remove_bolt(&b.bolt, roster_stamp(b.stamp.as_ref())?);
+    }
+    for r in &delta.reassigned {
+        check_glob(&r.hostname)?;
+        let to = (!r.to.is_empty()).then_some(r.to.as_str());
+        if let Some(to) = to {
+            check_bolt_id(to)?;
+        }
+        roster.reassign(&r.hostname, to, roster_stamp(r.stamp.as_ref())?);
+    }
+    for d in &delta.drains {
+        check_bolt_id(&d.bolt)?;
+        let to = (!d.to.is_empty()).then_some(d.to.as_str());
+        if let Some(to) = to {
+            check_bolt_id(to)?;
+        }
+        roster.drain(&d.bolt, to, roster_stamp(d.stamp.as_ref())?);
+    }
+    Ok(roster)
 }
 
 /// A roster event's stamp, which it must carry.
@@ -630,7 +697,13 @@ mod tests {
     }
 
     fn token(n: u8, uses: u32) -> Kind {
-        Kind::TokenCreated(TokenCreated { token_sha256: vec![n; 32], uses, expires_at_ms: 0, join: false })
+        Kind::TokenCreated(TokenCreated {
+            token_sha256: vec![n; 32],
+            uses,
+            expires_at_ms: 0,
+            join: false,
+            federate: false,
+        })
     }
 
     /// Applies a script of events, refusing (and skipping) invalid ones as the server would.
@@ -670,7 +743,13 @@ mod tests {
     #[test]
     fn peers_are_admitted_with_join_tokens_in_id_order_and_removed() {
         let join = |n: u8| {
-            Kind::TokenCreated(TokenCreated { token_sha256: vec![n; 32], uses: 1, expires_at_ms: 0, join: true })
+            Kind::TokenCreated(TokenCreated {
+                token_sha256: vec![n; 32],
+                uses: 1,
+                expires_at_ms: 0,
+                join: true,
+                federate: false,
+            })
         };
         let (state, refusals) = run(vec![
             admitted(1, None),
@@ -834,7 +913,13 @@ mod tests {
         let mut state = ControlState::default();
         let env = propose(
             &state,
-            Kind::TokenCreated(TokenCreated { token_sha256: vec![4; 32], uses: 1, expires_at_ms: 10, join: false }),
+            Kind::TokenCreated(TokenCreated {
+                token_sha256: vec![4; 32],
+                uses: 1,
+                expires_at_ms: 10,
+                join: false,
+                federate: false,
+            }),
         );
         state.apply(&env);
         let err = state.validate(&Event { kind: Some(enrolled("e1", "h", 4)) }, 11).unwrap_err();

@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 
 use crdts::{CvRDT, LWWReg};
 use serde::{Deserialize, Serialize};
+use vigo_proto::events::{BoltDrained, BoltRegistered, EnvoysReassigned, RosterDelta, RosterStamp};
 
 /// A bolt's id, as operators name it ("eu-1").
 pub type BoltId = String;
@@ -215,6 +216,35 @@ impl Roster {
             at = next;
         }
         Some(at)
+    }
+}
+
+impl Roster {
+    /// The whole roster as the protobuf that gossip and `RosterMerged` events carry.
+    pub fn to_delta(&self) -> RosterDelta {
+        let stamp = |s: &Stamp| Some(RosterStamp { ms: s.ms, counter: s.counter, actor: s.actor.clone() });
+        let mut delta = RosterDelta::default();
+        for (id, reg) in &self.bolts {
+            let registered = |entry: &BoltEntry| BoltRegistered {
+                bolt: id.clone(),
+                addrs: entry.addrs.clone(),
+                patterns: entry.patterns.clone(),
+                stamp: stamp(&reg.marker),
+            };
+            match &reg.val {
+                Some(entry) => delta.bolts.push(registered(entry)),
+                None => delta.removed.push(registered(&BoltEntry::default())),
+            }
+        }
+        for (hostname, reg) in &self.overrides {
+            let to = reg.val.clone().unwrap_or_default();
+            delta.reassigned.push(EnvoysReassigned { hostname: hostname.clone(), to, stamp: stamp(&reg.marker) });
+        }
+        for (bolt, reg) in &self.drains {
+            let to = reg.val.clone().unwrap_or_default();
+            delta.drains.push(BoltDrained { bolt: bolt.clone(), to, stamp: stamp(&reg.marker) });
+        }
+        delta
     }
 }
 

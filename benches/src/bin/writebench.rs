@@ -98,7 +98,7 @@ impl Writer {
     async fn small(&mut self, n: u64) -> anyhow::Result<()> {
         match self {
             Writer::Vigo(client) => {
-                let request = vigo_proto::admin::CreateTokenRequest { uses: 1, ttl_s: 0, join: false };
+                let request = vigo_proto::admin::CreateTokenRequest { uses: 1, ttl_s: 0, join: false, federate: false };
                 client.create_token(request).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?;
             }
             Writer::Etcd(grpc) => {

@@ -6,7 +6,13 @@ use vigo_proto::events::{Event, EventProposal, StackPublished, TokenCreated, eve
 
 /// A proposal creating a single-use token whose hash is `[n; 32]`.
 pub fn token(n: u8) -> EventProposal {
-    proposal(Kind::TokenCreated(TokenCreated { token_sha256: vec![n; 32], uses: 1, expires_at_ms: 0, join: false }))
+    proposal(Kind::TokenCreated(TokenCreated {
+        token_sha256: vec![n; 32],
+        uses: 1,
+        expires_at_ms: 0,
+        join: false,
+        federate: false,
+    }))
 }
 
 /// A proposal publishing stack `version`.

@@ -62,10 +62,28 @@ impl Admin for AdminService {
         let uses = if req.uses == 0 { 1 } else { req.uses };
         let mut secret = [0u8; 16];
         rand::rng().fill_bytes(&mut secret);
-        let kind = if req.join { TokenKind::Join } else { TokenKind::Enroll };
+        if req.join && req.federate {
+            return Err(Status::invalid_argument("a token is either a join token or a federation token"));
+        }
+        if req.federate && self.node.settings.bolt.is_none() {
+            return Err(Status::failed_precondition(
+                "this server is not a bolt: start it with --bolt ID to federate others",
+            ));
+        }
+        let kind = match (req.join, req.federate) {
+            (true, _) => TokenKind::Join,
+            (_, true) => TokenKind::Federate,
+            _ => TokenKind::Enroll,
+        };
         let token = Token { kind, secret, ca_pin: self.node.pki.ca_sha256() };
         let expires_at_ms = if req.ttl_s == 0 { 0 } else { now_ms() + i64::from(req.ttl_s) * 1000 };
-        let event = TokenCreated { token_sha256: token.secret_sha256().to_vec(), uses, expires_at_ms, join: req.join };
+        let event = TokenCreated {
+            token_sha256: token.secret_sha256().to_vec(),
+            uses,
+            expires_at_ms,
+            join: req.join,
+            federate: req.federate,
+        };
         self.node.commit_event(&actor, Kind::TokenCreated(event)).await?;
         Ok(Response::new(CreateTokenResponse { token: token.to_string() }))
     }
