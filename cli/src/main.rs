@@ -355,8 +355,12 @@ fn print_roster(roster: &SpannerStatusResponse, only: Option<&str>, json_out: bo
         anyhow::bail!("no bolt {id} in the roster");
     }
     let bolt_json = |b: &SpannerBolt| {
+        let health = b.probed.then(|| {
+            json!({ "online": b.online, "failed_probes": b.failed_probes, "probe_ms": b.probe_ms, "envoys": b.envoys })
+        });
         json!({ "id": b.id, "addrs": b.addrs, "patterns": b.patterns,
-                "drained_to": (!b.drained_to.is_empty()).then_some(&b.drained_to), "this": b.id == roster.bolt })
+                "drained_to": (!b.drained_to.is_empty()).then_some(&b.drained_to), "this": b.id == roster.bolt,
+                "health": health })
     };
     if json_out {
         let value = match only {
@@ -383,6 +387,11 @@ fn print_roster(roster: &SpannerStatusResponse, only: Option<&str>, json_out: bo
         println!("  owns: {}", if b.patterns.is_empty() { "(no patterns)".to_string() } else { b.patterns.join(", ") });
         if !b.drained_to.is_empty() {
             println!("  drained to: {}", b.drained_to);
+        }
+        match (b.probed, b.online) {
+            (false, _) => println!("  health: not probed yet"),
+            (true, true) => println!("  health: online, {} envoys, probe {} ms", b.envoys, b.probe_ms),
+            (true, false) => println!("  health: OFFLINE ({} probes failed in a row)", b.failed_probes),
         }
     }
     if only.is_none() {

@@ -4,15 +4,25 @@
 //! the bolt's roster clock, so the audit log covers it and every peer of the bolt applies it
 //! alike.
 
-use std::sync::Mutex;
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use anyhow::Context;
+use rustls::pki_types::CertificateDer;
 use vigo_proto::events::event::Kind;
-use vigo_proto::events::{BoltDrained, BoltRegistered, EnvoysReassigned, RosterStamp};
-use vigo_state::roster::{BoltEntry, Clock};
+use vigo_proto::events::{BoltDrained, BoltRegistered, EnvoysReassigned, RosterDelta, RosterMerged, RosterStamp};
+use vigo_proto::spanner::spanner_client::SpannerClient;
+use vigo_proto::spanner::{FederateRequest, GossipRequest, GossipResponse};
+use vigo_proto::tls::{client_config, connect, fetch_pinned_ca};
+use vigo_proto::token::{Token, TokenKind};
+use vigo_state::control::roster_of;
+use vigo_state::roster::{BoltEntry, Clock, Health, Roster};
 use vigo_state::{ControlError, ControlState};
 
+use crate::limits;
 use crate::node::{Node, WriteError, now_ms};
+use crate::pki::{self, FederationKeys, Paths};
 
 /// What makes this server a bolt.
 #[derive(Debug, Clone)]
@@ -21,6 +31,175 @@ pub struct BoltConfig {
     pub id: String,
     /// The hostname globs it owns.
     pub patterns: Vec<String>,
+    /// Federate with the bolt at this address, with this `vgf1_` token (on an empty data dir).
+    pub federate: Option<(String, String)>,
+}
+
+/// How the other bolts answered this peer's probes (soft state: not on the log; every peer of
+/// a bolt probes for itself).
+#[derive(Debug, Default)]
+pub struct BoltHealth(Mutex<BTreeMap<String, Health>>);
+
+impl BoltHealth {
+    /// What is known of bolt `id`.
+    pub fn get(&self, id: &str) -> Option<Health> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+    }
+
+    fn answered(&self, id: &str, probe: Duration, envoys: u64) {
+        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let health = all.entry(id.to_string()).or_default();
+        health.online = true;
+        health.failed_probes = 0;
+        health.probe_ms = probe.as_millis().min(u128::from(u32::MAX)) as u32;
+        health.envoys = envoys;
+    }
+
+    fn failed(&self, id: &str) {
+        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let health = all.entry(id.to_string()).or_default();
+        health.online = false;
+        health.failed_probes = health.failed_probes.saturating_add(1);
+    }
+}
+
+/// Whether merging `remote` into `state`'s roster would change it.
+pub fn adds_to(state: &ControlState, remote: Roster) -> bool {
+    let mut merged = state.roster().clone();
+    merged.merge_in(remote);
+    merged != *state.roster()
+}
+
+/// Where a federated bolt keeps the roster it was given until it is on its own log.
+fn seed_path(paths: &Paths) -> std::path::PathBuf {
+    paths.root.join("federation-roster.pb")
+}
+
+/// On an empty data dir: asks the bolt at `addr` to federate this one with `token`, and founds
+/// this bolt's cluster with the federation's keys.
+pub async fn federate(paths: &Paths, bolt: &str, addr: &str, token: &str) -> anyhow::Result<()> {
+    let token = Token::parse_as(TokenKind::Federate, token)?;
+    let ca_der = fetch_pinned_ca(addr, &token.ca_pin, limits::JOIN_CALL_TIMEOUT).await?;
+    let tls = client_config(&CertificateDer::from(ca_der.clone()), None)?;
+    let channel = connect(addr, tls, limits::JOIN_CALL_TIMEOUT).await?;
+    let request = FederateRequest { token: token.to_string(), bolt: bolt.to_string() };
+    let reply = SpannerClient::new(channel)
+        .federate(request)
+        .await
+        .map_err(|s| anyhow::anyhow!("the bolt at {addr} refused to federate this one: {}", s.message()))?
+        .into_inner();
+    if reply.ca_cert_der != ca_der {
+        anyhow::bail!("the bolt at {addr} answered with a different CA than it presented");
+    }
+    let bundle_key_seed =
+        reply.bundle_key_seed.as_slice().try_into().context("the federation answer holds no bundle key")?;
+    let keys = FederationKeys { ca_cert_der: reply.ca_cert_der, ca_key_der: reply.ca_key_der, bundle_key_seed };
+    pki::init_federated(paths, &keys)?;
+    let roster = prost::Message::encode_to_vec(&reply.roster.unwrap_or_default());
+    std::fs::write(seed_path(paths), roster).context("cannot keep the federation's roster")?;
+    tracing::info!(bolt, via = addr, "federated: founded this bolt with the federation's keys");
+    Ok(())
+}
+
+/// Puts the roster a federated bolt was given on its log, once.
+async fn plant_seed(node: &Node, paths: &Paths) {
+    let Ok(bytes) = std::fs::read(seed_path(paths)) else { return };
+    let Ok(delta) = <RosterDelta as prost::Message>::decode(bytes.as_slice()) else {
+        tracing::warn!("the federation's roster kept at start is damaged; gossip will bring it");
+        let _ = std::fs::remove_file(seed_path(paths));
+        return;
+    };
+    let event = RosterMerged { from: "federation".into(), roster: Some(delta) };
+    match node.commit_event("bolt:federation", Kind::RosterMerged(event)).await {
+        Ok(_) => {
+            let _ = std::fs::remove_file(seed_path(paths));
+        }
+        Err(e) => tracing::warn!("cannot put the federation's roster on the log yet: {e}"),
+    }
+}
+
+/// Anti-entropy, forever: every [`limits::GOSSIP_INTERVAL`] this peer probes every other bolt
+/// of the roster with a `Gossip` call. The leader sends its roster and merges the answer (a
+/// `RosterMerged` event when it adds anything); followers only probe, for their own view of
+/// the other bolts' health.
+pub async fn gossip(node: Arc<Node>, config: BoltConfig, paths: Paths) {
+    let mut ticker = tokio::time::interval(limits::GOSSIP_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let tls = match node.pki.identity.peer_client_tls() {
+        Ok(tls) => tls,
+        Err(e) => {
+            tracing::error!("no gossip: cannot build this peer's client TLS: {e:#}");
+            return;
+        }
+    };
+    loop {
+        ticker.tick().await;
+        if node.log.is_leader() {
+            plant_seed(&node, &paths).await;
+        }
+        let state = node.log.state();
+        let leader = node.log.is_leader();
+        let ours = leader.then(|| state.roster().to_delta());
+        let others: Vec<(String, Vec<String>)> = state
+            .roster()
+            .bolts()
+            .filter(|(id, _)| **id != config.id)
+            .map(|(id, entry)| (id.clone(), entry.addrs.clone()))
+            .collect();
+        for (id, addrs) in others {
+            let request = GossipRequest { from: config.id.clone(), roster: ours.clone() };
+            let started = Instant::now();
+            match call_gossip(&addrs, tls.clone(), request).await {
+                Ok(reply) => {
+                    node.bolt_health.answered(&id, started.elapsed(), reply.envoys);
+                    if let (true, Some(delta)) = (leader, reply.roster) {
+                        merge_from(&node, &id, delta).await;
+                    }
+                }
+                Err(e) => {
+                    node.bolt_health.failed(&id);
+                    tracing::debug!(bolt = id, "gossip failed: {e:#}");
+                }
+            }
+        }
+    }
+}
+
+/// The first of `addrs` that answers a `Gossip` call.
+async fn call_gossip(
+    addrs: &[String],
+    tls: Arc<rustls::ClientConfig>,
+    request: GossipRequest,
+) -> anyhow::Result<GossipResponse> {
+    let mut last = anyhow::anyhow!("the bolt has no address");
+    for addr in addrs {
+        let call = async {
+            let channel = connect(addr, tls.clone(), limits::GOSSIP_CALL_TIMEOUT).await?;
+            let reply = SpannerClient::new(channel).gossip(request.clone()).await?;
+            anyhow::Ok(reply.into_inner())
+        };
+        match tokio::time::timeout(limits::GOSSIP_CALL_TIMEOUT, call).await {
+            Ok(Ok(reply)) => return Ok(reply),
+            Ok(Err(e)) => last = e.context(format!("gossip with {addr}")),
+            Err(_) => last = anyhow::anyhow!("gossip with {addr} timed out"),
+        }
+    }
+    Err(last)
+}
+
+/// Commits what bolt `from`'s roster adds to this one, if anything.
+async fn merge_from(node: &Node, from: &str, delta: RosterDelta) {
+    let Ok(remote) = roster_of(&delta) else {
+        tracing::warn!(bolt = from, "a roster from this bolt does not validate; ignored");
+        return;
+    };
+    if !adds_to(&node.log.state(), remote) {
+        return;
+    }
+    let event = RosterMerged { from: from.to_string(), roster: Some(delta) };
+    if let Err(e) = node.commit_event(&format!("bolt:{from}"), Kind::RosterMerged(event)).await {
+        tracing::warn!(bolt = from, "cannot merge its roster: {e}");
+    }
 }
 
 /// The bolt's clock for roster writes.

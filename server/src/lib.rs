@@ -99,7 +99,10 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 
     if !paths.is_initialized() {
         match &config.join {
             None => {
-                pki::init(&paths)?;
+                match config.bolt.as_ref().and_then(|b| b.federate.as_ref().map(|f| (&b.id, f))) {
+                    Some((bolt, (addr, token))) => bolt::federate(&paths, bolt, addr, token).await?,
+                    None => pki::init(&paths)?,
+                }
                 tracing::info!(admin = %paths.admin_dir().display(), "founded a new cluster; admin credentials written");
             }
             Some(join) => {
@@ -225,6 +228,8 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 
     };
     let _follow_stack = AbortOnDrop(tokio::spawn(node.clone().follow_stack()));
     let _register_bolt = config.bolt.clone().map(|bolt| AbortOnDrop(tokio::spawn(bolt::register(node.clone(), bolt))));
+    let _gossip =
+        config.bolt.clone().map(|bolt| AbortOnDrop(tokio::spawn(bolt::gossip(node.clone(), bolt, paths.clone()))));
     let _probe = AbortOnDrop(tokio::spawn(node.queue_delay.clone().probe()));
     let stopping = node.clone();
     let removed = node.clone();
@@ -254,6 +259,13 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 
                 .max_encoding_message_size(max),
         )
         .add_service(peer_server(PeerService::new(node.log.clone(), Some(node.clone()))))
+        .add_service(
+            vigo_proto::spanner::spanner_server::SpannerServer::new(services::spanner::SpannerService::new(
+                node.clone(),
+            ))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+        )
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .context("server failed")?;

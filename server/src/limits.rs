@@ -75,3 +75,12 @@ pub const REMOVED_GRACE: std::time::Duration = std::time::Duration::from_secs(5)
 /// new cluster elects its leader within a few seconds; a minute covers a slow start of every
 /// peer of a trio.
 pub const BOLT_REGISTER_ATTEMPTS: u32 = 60;
+
+/// How often every peer of a bolt probes the other bolts, the leader exchanging rosters with
+/// them: a reassign reaches every bolt within a few seconds, and a dead bolt is noticed as fast,
+/// for one small call per bolt pair per interval.
+pub const GOSSIP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How long one gossip call may take, connection included, before the bolt counts as not
+/// answering this round.
+pub const GOSSIP_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);

@@ -62,6 +62,14 @@ enum Command {
         /// A hostname glob this bolt owns (repeatable), e.g. `*.eu.example.com`.
         #[arg(long = "bolt-pattern", requires = "bolt")]
         bolt_patterns: Vec<String>,
+        /// host:port of a bolt of the federation to join as a new bolt, founding this bolt's
+        /// cluster with the federation's keys (only on an empty data dir; needs `--bolt` and a
+        /// `--federation-token` from `vigocli token create --federate` on that bolt).
+        #[arg(long, requires_all = ["bolt", "federation_token"], conflicts_with = "join")]
+        federate: Option<String>,
+        /// The federation token (`vgf1_…`).
+        #[arg(long, requires = "federate")]
+        federation_token: Option<String>,
     },
     /// FORCED RECOVERY, for a cluster that has lost its quorum for good: make this stopped peer
     /// the sole voter. Writes the lost peers committed without it are gone; they must never run
@@ -99,6 +107,8 @@ fn main() {
             token,
             bolt,
             bolt_patterns,
+            federate,
+            federation_token,
         } => {
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
             let flush_interval = std::time::Duration::from_secs_f64(flush_interval);
@@ -113,7 +123,11 @@ fn main() {
                     check_in_queue_max: std::time::Duration::from_millis(check_in_queue_max_ms),
                     held_max: held_max.map(|n| n as usize),
                     join: join.zip(token).map(|(addr, token)| vigo_server::join::JoinConfig { addr, token }),
-                    bolt: bolt.map(|id| vigo_server::bolt::BoltConfig { id, patterns: bolt_patterns }),
+                    bolt: bolt.map(|id| vigo_server::bolt::BoltConfig {
+                        id,
+                        patterns: bolt_patterns,
+                        federate: federate.zip(federation_token),
+                    }),
                 },
                 shutdown_signal(),
             ))

@@ -75,6 +75,8 @@ pub struct Node {
     pub stopping: tokio::sync::watch::Sender<bool>,
     /// Stamps this bolt's roster writes.
     pub roster_clock: crate::bolt::RosterClock,
+    /// How the other bolts answer this peer's probes.
+    pub bolt_health: crate::bolt::BoltHealth,
     write_lock: tokio::sync::Mutex<()>,
 }
 
@@ -106,6 +108,7 @@ impl Node {
             stack_version,
             stopping: tokio::sync::watch::Sender::new(false),
             roster_clock,
+            bolt_health: Default::default(),
             write_lock: Default::default(),
         })
     }

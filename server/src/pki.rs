@@ -243,14 +243,56 @@ fn unseal(seal_key: &[u8; 32], aad: &[u8], sealed: &[u8], what: &str) -> anyhow:
 /// as node 1; admin credentials; and the sealed keys (`pki/keys.sealed`) for the first start to
 /// put on the log.
 pub fn init(paths: &Paths) -> anyhow::Result<()> {
+    init_with(paths, None)
+}
+
+/// The keys every bolt of a federation shares, as a new bolt is given them.
+pub struct FederationKeys {
+    /// The CA certificate, DER (kept as it is: every token pins it).
+    pub ca_cert_der: Vec<u8>,
+    /// The CA key, PKCS#8 DER.
+    pub ca_key_der: Vec<u8>,
+    /// The bundle-signing key's Ed25519 seed.
+    pub bundle_key_seed: [u8; 32],
+}
+
+/// Founds a new cluster, as [`init`] does, as a bolt of an existing federation: with the
+/// federation's CA and bundle-signing key instead of new ones (its own seal key and peer and
+/// admin identities all the same), so envoys, bundles and peers of every bolt trust each other.
+pub fn init_federated(paths: &Paths, keys: &FederationKeys) -> anyhow::Result<()> {
+    init_with(paths, Some(keys))
+}
+
+impl Pki {
+    /// The keys this bolt shares with a bolt it federates.
+    pub fn federation_keys(&self) -> FederationKeys {
+        FederationKeys {
+            ca_cert_der: self.ca_der.clone(),
+            ca_key_der: self.ca_key.serialize_der(),
+            bundle_key_seed: self.bundle_key.to_bytes(),
+        }
+    }
+}
+
+fn init_with(paths: &Paths, federation: Option<&FederationKeys>) -> anyhow::Result<()> {
     if paths.is_initialized() {
         bail!("{} is already initialized", paths.root.display());
     }
     fs::create_dir_all(paths.root.join("pki"))?;
     fs::create_dir_all(paths.admin_dir())?;
-    let ca_key = KeyPair::generate_for(&PKCS_ED25519)?;
     let ca_params = ca_params();
-    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let (ca_key, ca_der) = match federation {
+        Some(keys) => {
+            let key = KeyPair::try_from(keys.ca_key_der.as_slice()).context("the federation's CA key is not a key")?;
+            (key, keys.ca_cert_der.clone())
+        }
+        None => {
+            let key = KeyPair::generate_for(&PKCS_ED25519)?;
+            let der = ca_params.self_signed(&key)?.der().to_vec();
+            (key, der)
+        }
+    };
+    let ca_pem = to_pem("CERTIFICATE", &ca_der);
     let issuer = Issuer::from_params(&ca_params, &ca_key);
 
     let server_key = KeyPair::generate_for(&PKCS_ED25519)?;
@@ -262,23 +304,29 @@ pub fn init(paths: &Paths) -> anyhow::Result<()> {
         leaf_params(&format!("{ADMIN_CN_PREFIX}{admin_id}"), Vec::new(), vec![ExtendedKeyUsagePurpose::ClientAuth])?;
     let admin_cert = admin_params.signed_by(&admin_key, &issuer)?;
 
-    let mut bundle_seed = [0u8; 32];
-    rand::rng().fill_bytes(&mut bundle_seed);
+    let bundle_seed = match federation {
+        Some(keys) => keys.bundle_key_seed,
+        None => {
+            let mut seed = [0u8; 32];
+            rand::rng().fill_bytes(&mut seed);
+            seed
+        }
+    };
     let mut seal_key = [0u8; 32];
     rand::rng().fill_bytes(&mut seal_key);
     let sealed = ClusterKeysSealed {
-        ca_cert_der: ca_cert.der().to_vec(),
+        ca_cert_der: ca_der.clone(),
         sealed_ca_key: seal(&seal_key, AAD_CA_KEY, &ca_key.serialize_der()),
         sealed_bundle_key: seal(&seal_key, AAD_BUNDLE_KEY, &ed25519_pkcs8(&bundle_seed)),
         seal_key_sha256: Sha256::digest(seal_key).to_vec(),
     };
 
-    write_public(&paths.pki("ca.crt"), ca_cert.pem().as_bytes())?;
-    write_public(&paths.pki("server.crt"), format!("{}{}", server_cert.pem(), ca_cert.pem()).as_bytes())?;
+    write_public(&paths.pki("ca.crt"), ca_pem.as_bytes())?;
+    write_public(&paths.pki("server.crt"), format!("{}{ca_pem}", server_cert.pem()).as_bytes())?;
     write_secret(&paths.pki("server.key"), &server_key.serialize_pem())?;
     write_secret(&paths.pki("seal.key"), &hex::encode(seal_key))?;
     write_public(&paths.founding_keys(), &prost::Message::encode_to_vec(&sealed))?;
-    write_public(&paths.admin_dir().join("ca.crt"), ca_cert.pem().as_bytes())?;
+    write_public(&paths.admin_dir().join("ca.crt"), ca_pem.as_bytes())?;
     write_public(&paths.admin_dir().join("admin.crt"), admin_cert.pem().as_bytes())?;
     write_secret(&paths.admin_dir().join("admin.key"), &admin_key.serialize_pem())?;
     // Last: its presence marks the dir initialized.

@@ -109,3 +109,79 @@ fn a_bolt_registers_itself_and_takes_reassigns_and_drains_as_events() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--bolt: invalid bolt id \"eu 1\""), "{err}");
 }
+
+/// Polls `check` on a bolt's roster for at most `limit`.
+fn eventually_roster(server: &Server, what: &str, limit: Duration, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let status = roster(server);
+        if check(&status) {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}; last roster: {status}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn bolt_ids(status: &Value) -> Vec<String> {
+    status["bolts"].as_array().unwrap().iter().map(|b| b["id"].as_str().unwrap().to_string()).collect()
+}
+
+fn health_of<'a>(status: &'a Value, id: &str) -> &'a Value {
+    &status["bolts"].as_array().unwrap().iter().find(|b| b["id"] == id).unwrap()["health"]
+}
+
+#[test]
+fn three_bolts_federate_gossip_their_rosters_and_report_a_dead_bolt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Server::start_with(&tmp.path().join("eu-1"), "127.0.0.1:0", &["--bolt", "eu-1", "--bolt-pattern", "*.eu"]);
+    eventually_roster(&a, "eu-1 registered", Duration::from_secs(30), |s| bolt_ids(s) == ["eu-1"]);
+
+    // A token of the wrong kind, or from a server that is not a bolt, is refused clearly.
+    let out = std::process::Command::new(bin("vigosrv"))
+        .args(["run", "--data-dir"])
+        .arg(tmp.path().join("refused"))
+        .args(["--listen", "127.0.0.1:0", "--bolt", "xx-1", "--federate", &a.addr, "--federation-token", &a.token()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("malformed federation token"), "{}", text(&out));
+
+    // us-1 federates through eu-1, ap-1 through us-1: one CA, three clusters.
+    let token = a.cli_ok(&["token", "create", "--federate"]);
+    assert!(token.starts_with("vgf1_"), "{token}");
+    let b_flags = ["--bolt", "us-1", "--bolt-pattern", "*.us", "--federate", &a.addr, "--federation-token", &token];
+    let b = Server::start_with(&tmp.path().join("us-1"), "127.0.0.1:0", &b_flags);
+    let token_b = b.cli_ok(&["token", "create", "--federate"]);
+    let c_flags = ["--bolt", "ap-1", "--bolt-pattern", "*.ap", "--federate", &b.addr, "--federation-token", &token_b];
+    let c_dir = tmp.path().join("ap-1");
+    let c = Server::start_with(&c_dir, "127.0.0.1:0", &c_flags);
+    let all = ["ap-1", "eu-1", "us-1"];
+    for bolt in [&a, &b, &c] {
+        eventually_roster(bolt, "every bolt knows all three", Duration::from_secs(40), |s| bolt_ids(s) == all);
+    }
+    assert_eq!(events_of(&a, "BoltFederated").len(), 1, "eu-1 federated us-1");
+    assert!(!events_of(&a, "RosterMerged").is_empty(), "eu-1 merged what gossip brought");
+
+    // A reassign on one bolt reaches the others; the owner of a hostname is the same everywhere.
+    c.cli_ok(&["spanner", "reassign", "--hostname", "web-*.eu", "--to", "us-1"]);
+    for bolt in [&a, &b] {
+        eventually_roster(bolt, "the reassign gossiped", Duration::from_secs(30), |s| {
+            s["reassigned"] == serde_json::json!([{ "hostname": "web-*.eu", "to": "us-1" }])
+        });
+    }
+
+    // A killed bolt is reported offline; back, it is online again.
+    let status =
+        eventually_roster(&a, "ap-1 probed", Duration::from_secs(20), |s| health_of(s, "ap-1")["online"] == true);
+    assert_eq!(health_of(&status, "ap-1")["envoys"], 0);
+    let c_addr = c.addr.clone();
+    c.kill();
+    eventually_roster(&a, "ap-1 reported offline", Duration::from_secs(20), |s| {
+        health_of(s, "ap-1")["online"] == false && health_of(s, "ap-1")["failed_probes"].as_u64() >= Some(1)
+    });
+    assert_eq!(health_of(&roster(&a), "us-1")["online"], true, "the others stay online");
+    let c = Server::start_with(&c_dir, &c_addr, &c_flags);
+    eventually_roster(&a, "ap-1 online again", Duration::from_secs(20), |s| health_of(s, "ap-1")["online"] == true);
+    assert_eq!(bolt_ids(&roster(&c)), all);
+}

@@ -574,7 +574,7 @@ impl ControlState {
             Kind::BoltFederated(f) => self.use_token(&f.token_sha256),
             Kind::RosterMerged(m) => {
                 let merged = roster_of(m.roster.as_ref().expect("validated")).expect("validated");
-                crdts::CvRDT::merge(Arc::make_mut(&mut self.roster), merged);
+                Arc::make_mut(&mut self.roster).merge_in(merged);
             }
             Kind::BoltDrained(d) => {
                 let stamp = roster_stamp(d.stamp.as_ref()).expect("validated");

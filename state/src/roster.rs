@@ -220,6 +220,11 @@ impl Roster {
 }
 
 impl Roster {
+    /// Merges `other` into this roster (the CRDT join; see [`CvRDT::merge`]).
+    pub fn merge_in(&mut self, other: Roster) {
+        CvRDT::merge(self, other);
+    }
+
     /// The whole roster as the protobuf that gossip and `RosterMerged` events carry.
     pub fn to_delta(&self) -> RosterDelta {
         let stamp = |s: &Stamp| Some(RosterStamp { ms: s.ms, counter: s.counter, actor: s.actor.clone() });

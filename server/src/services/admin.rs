@@ -255,13 +255,28 @@ impl Admin for AdminService {
         admin(&request)?;
         let state = self.node.log.state();
         let roster = state.roster();
+        let own = self.node.settings.bolt.as_ref().map(|b| b.id.as_str());
+        let envoys_here = state.envoys().filter(|e| e.revoked_index.is_none()).count() as u64;
         let bolts = roster
             .bolts()
-            .map(|(id, entry)| SpannerBolt {
-                id: id.clone(),
-                addrs: entry.addrs.clone(),
-                patterns: entry.patterns.clone(),
-                drained_to: roster.drained_to(id).cloned().unwrap_or_default(),
+            .map(|(id, entry)| {
+                let health = if own == Some(id.as_str()) {
+                    Some(vigo_state::Health { online: true, envoys: envoys_here, ..Default::default() })
+                } else {
+                    self.node.bolt_health.get(id)
+                };
+                let h = health.clone().unwrap_or_default();
+                SpannerBolt {
+                    id: id.clone(),
+                    addrs: entry.addrs.clone(),
+                    patterns: entry.patterns.clone(),
+                    drained_to: roster.drained_to(id).cloned().unwrap_or_default(),
+                    probed: health.is_some(),
+                    online: h.online,
+                    failed_probes: h.failed_probes,
+                    probe_ms: h.probe_ms,
+                    envoys: h.envoys,
+                }
             })
             .collect();
         let reassigned = roster

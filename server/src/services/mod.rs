@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod agent;
 pub mod peer;
+pub mod spanner;
 
 use sha2::{Digest, Sha256};
 use tonic::Request;
