@@ -191,6 +191,21 @@ impl Envoy {
         }
     }
 
+    /// Moves to the servers of the bolt that owns this envoy now: they replace the list, and the
+    /// connection and session to the old bolt are dropped. Their peer list is learned at the next
+    /// answer (`peers_index` 0 is never current).
+    fn follow_redirect(&mut self, servers: &[String]) {
+        self.session = None;
+        self.channel = None;
+        match crate::identity::update_servers(&self.options.data_dir, servers, 0) {
+            Ok(()) => {
+                self.identity.servers = servers.to_vec();
+                self.identity.peers_index = 0;
+            }
+            Err(e) => tracing::warn!("cannot record the bolt redirected to: {e:#}"),
+        }
+    }
+
     /// One check-in on the held session, opening it when there is none; a failed one closes it.
     async fn session_check_in(
         &mut self,
@@ -225,7 +240,16 @@ impl Envoy {
         let (traits_json, traits_hash) = crate::traits::canonical(&traits);
         let cached = self.cache.load_bundle()?;
         let fingerprint = cached.as_ref().map(|b| b.fingerprint.clone()).unwrap_or_default();
-        let response = self.check_in(&traits_json, &traits_hash, &fingerprint).await?;
+        let mut response = self.check_in(&traits_json, &traits_hash, &fingerprint).await?;
+        // Another bolt of the federation owns this envoy now: move there and ask it at once.
+        if let Some(CheckInResponse { reply: Some(Reply::Redirect(redirect)), .. }) = &response
+            && !redirect.servers.is_empty()
+        {
+            let servers = redirect.servers.clone();
+            println!("redirected to another bolt: {}", servers.join(", "));
+            self.follow_redirect(&servers);
+            response = self.check_in(&traits_json, &traits_hash, &fingerprint).await?;
+        }
         let online = response.is_some();
         let mut next_check_in_s = self.identity.check_in_interval_s;
         let mut bundle_signed = cached;

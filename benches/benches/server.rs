@@ -145,6 +145,7 @@ impl Parts {
             check_in_interval_s: 60,
             uploads: &self.uploads,
             queue_delay: &self.queue_delay,
+            bolt: None,
         }
     }
 

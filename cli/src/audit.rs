@@ -48,6 +48,12 @@ fn describe(env: &EventEnvelope) -> (&'static str, Value) {
         Some(Kind::EnvoysReassigned(r)) => {
             ("EnvoysReassigned", json!({ "hostname": r.hostname, "to": r.to, "stamp": stamp(r.stamp.as_ref()) }))
         }
+        Some(Kind::EnvoyHandedOff(h)) => ("EnvoyHandedOff", json!({ "envoy_id": h.envoy_id, "to": h.to })),
+        Some(Kind::EnvoyAdopted(a)) => (
+            "EnvoyAdopted",
+            json!({ "envoy_id": a.envoy_id, "hostname": a.hostname, "pubkey": hex::encode(&a.pubkey),
+                    "cert_sha256": hex::encode(&a.cert_sha256), "from": a.from }),
+        ),
         Some(Kind::BoltFederated(f)) => {
             ("BoltFederated", json!({ "bolt": f.bolt, "token_sha256": hex::encode(&f.token_sha256) }))
         }

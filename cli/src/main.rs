@@ -570,6 +570,7 @@ fn envoy_json(e: &EnvoyInfo) -> serde_json::Value {
         "envoy_id": e.envoy_id,
         "hostname": e.hostname,
         "revoked": e.revoked,
+        "moved_to": (!e.moved_to.is_empty()).then_some(&e.moved_to),
         "enrolled_index": e.enrolled_index,
         "last_seen_ms": e.last_seen_ms,
         "bundle_fingerprint": hex::encode(&e.bundle_fingerprint),
@@ -596,7 +597,11 @@ fn print_envoys(envoys: &[EnvoyInfo], json_out: bool) {
     }
     println!("{:<20} {:<32} {:<8} {:<10} LAST RUN", "ENVOY", "HOSTNAME", "STATE", "STACK");
     for e in envoys {
-        let state = if e.revoked { "revoked" } else { "active" };
+        let state = match (e.revoked, e.moved_to.as_str()) {
+            (true, _) => "revoked".to_string(),
+            (false, "") => "active".to_string(),
+            (false, bolt) => format!("moved:{bolt}"),
+        };
         let (stack, run) = match &e.last_run {
             Some(r) => (
                 format!("v{}", r.stack_version),

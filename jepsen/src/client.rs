@@ -234,6 +234,8 @@ pub fn event_of(env: &EventEnvelope) -> Event {
         Some(Kind::BoltDrained(d)) => ("BoltDrained", d.bolt.clone()),
         Some(Kind::BoltFederated(f)) => ("BoltFederated", f.bolt.clone()),
         Some(Kind::RosterMerged(m)) => ("RosterMerged", m.from.clone()),
+        Some(Kind::EnvoyHandedOff(h)) => ("EnvoyHandedOff", h.envoy_id.clone()),
+        Some(Kind::EnvoyAdopted(a)) => ("EnvoyAdopted", a.hostname.clone()),
         None => ("Unknown", String::new()),
     };
     Event {

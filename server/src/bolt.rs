@@ -10,16 +10,21 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rustls::pki_types::CertificateDer;
+use vigo_proto::agent::check_in_response::Reply;
+use vigo_proto::agent::{Backoff, CheckInResponse, Redirect};
 use vigo_proto::events::event::Kind;
-use vigo_proto::events::{BoltDrained, BoltRegistered, EnvoysReassigned, RosterDelta, RosterMerged, RosterStamp};
+use vigo_proto::events::{
+    BoltDrained, BoltRegistered, EnvoyAdopted, EnvoyHandedOff, EnvoysReassigned, RosterDelta, RosterMerged, RosterStamp,
+};
 use vigo_proto::spanner::spanner_client::SpannerClient;
-use vigo_proto::spanner::{FederateRequest, GossipRequest, GossipResponse};
+use vigo_proto::spanner::{AdoptRequest, FederateRequest, GossipRequest, GossipResponse};
 use vigo_proto::tls::{client_config, connect, fetch_pinned_ca};
 use vigo_proto::token::{Token, TokenKind};
 use vigo_state::control::roster_of;
 use vigo_state::roster::{BoltEntry, Clock, Health, Roster};
 use vigo_state::{ControlError, ControlState};
 
+use crate::check_in::Refusal;
 use crate::limits;
 use crate::node::{Node, WriteError, now_ms};
 use crate::pki::{self, FederationKeys, Paths};
@@ -290,4 +295,79 @@ async fn roster_write(node: &Node, actor: &str, make: impl FnOnce(RosterStamp) -
     node.settings.bolt.as_ref().ok_or_else(not_a_bolt)?;
     let env = node.commit(actor, |state| Ok(make(node.roster_clock.stamp(state)))).await?;
     Ok(env.index)
+}
+
+/// Turns a check-in refused because the envoy belongs to another bolt into the `Redirect` that
+/// sends it there, handing the envoy off first when this bolt still holds it. A hand-off that
+/// fails (the other bolt down, or not yet aware it owns the hostname) is answered `Backoff`:
+/// the envoy keeps its bundle and asks again.
+pub async fn follow_up(node: &Node, answered: Result<CheckInResponse, Refusal>) -> Result<CheckInResponse, Refusal> {
+    match answered {
+        Err(Refusal::Moved { bolt, .. }) => Ok(redirect(node, &bolt)),
+        Err(Refusal::Elsewhere { envoy_id, bolt }) => match hand_off(node, &envoy_id, &bolt).await {
+            Ok(()) => Ok(redirect(node, &bolt)),
+            Err(e) => {
+                tracing::warn!(envoy_id, bolt, "cannot hand the envoy off yet: {e:#}");
+                Ok(CheckInResponse {
+                    reply: Some(Reply::Backoff(Backoff { retry_after_s: limits::HAND_OFF_RETRY_S })),
+                    next_check_in_s: limits::HAND_OFF_RETRY_S,
+                    ..Default::default()
+                })
+            }
+        },
+        other => other,
+    }
+}
+
+fn redirect(node: &Node, bolt: &str) -> CheckInResponse {
+    let servers = node.log.state().roster().bolt(bolt).map(|b| b.addrs.clone()).unwrap_or_default();
+    CheckInResponse { reply: Some(Reply::Redirect(Redirect { servers })), ..Default::default() }
+}
+
+/// The bolt that owns `hostname` when it is not this one (and this server is a bolt).
+pub fn owner_elsewhere(node: &Node, hostname: &str) -> Option<String> {
+    let me = node.settings.bolt.as_ref()?;
+    let state = node.log.state();
+    state.router().owner(hostname).filter(|owner| *owner != me.id).map(str::to_string)
+}
+
+/// Gives envoy `envoy_id` to bolt `to`: `to` adopts it (`Spanner.Adopt`), then this bolt
+/// records the hand-off, after which its check-ins here are redirected without asking again.
+pub async fn hand_off(node: &Node, envoy_id: &str, to: &str) -> anyhow::Result<()> {
+    let me = node.settings.bolt.as_ref().map(|b| b.id.clone()).context("this server is not a bolt")?;
+    let state = node.log.state();
+    let envoy = state.envoy(envoy_id).context("no such envoy")?;
+    let addrs = state.roster().bolt(to).map(|b| b.addrs.clone()).context("the bolt left the roster")?;
+    let adopted = EnvoyAdopted {
+        envoy_id: envoy.envoy_id.clone(),
+        hostname: envoy.hostname.clone(),
+        pubkey: envoy.pubkey.to_vec(),
+        cert_sha256: envoy.cert_sha256.to_vec(),
+        from: me.clone(),
+    };
+    let tls = node.pki.identity.peer_client_tls()?;
+    let mut last = anyhow::anyhow!("bolt {to} has no address");
+    let mut taken = false;
+    for addr in &addrs {
+        let call = async {
+            let channel = connect(addr, tls.clone(), limits::GOSSIP_CALL_TIMEOUT).await?;
+            SpannerClient::new(channel).adopt(AdoptRequest { envoy: Some(adopted.clone()) }).await?;
+            anyhow::Ok(())
+        };
+        match tokio::time::timeout(limits::GOSSIP_CALL_TIMEOUT, call).await {
+            Ok(Ok(())) => {
+                taken = true;
+                break;
+            }
+            Ok(Err(e)) => last = e.context(format!("bolt {to} at {addr}")),
+            Err(_) => last = anyhow::anyhow!("bolt {to} at {addr} did not answer"),
+        }
+    }
+    if !taken {
+        return Err(last);
+    }
+    let event = EnvoyHandedOff { envoy_id: envoy_id.to_string(), to: to.to_string() };
+    node.commit_event(&format!("bolt:{me}"), Kind::EnvoyHandedOff(event)).await?;
+    tracing::info!(envoy_id, to, "envoy handed off");
+    Ok(())
 }

@@ -39,6 +39,8 @@ pub struct CheckInContext<'a> {
     pub uploads: &'a UploadBudget,
     /// How far behind the server is: past its cap, every check-in is told to back off.
     pub queue_delay: &'a QueueDelay,
+    /// This server's bolt id, when it is a bolt of a federation.
+    pub bolt: Option<&'a str>,
 }
 
 /// Why a check-in or report is refused. Small and cheap: no boxing on the hot path.
@@ -50,6 +52,22 @@ pub enum Refusal {
     /// The envoy was revoked.
     #[error("envoy {0} is revoked")]
     Revoked(String),
+    /// The envoy was handed off to another bolt: it is redirected there.
+    #[error("envoy {envoy_id} belongs to bolt {bolt}")]
+    Moved {
+        /// The envoy.
+        envoy_id: String,
+        /// Its bolt.
+        bolt: String,
+    },
+    /// Another bolt owns the envoy's hostname now: it is handed off there, then redirected.
+    #[error("bolt {bolt} owns envoy {envoy_id} now")]
+    Elsewhere {
+        /// The envoy.
+        envoy_id: String,
+        /// The owning bolt.
+        bolt: String,
+    },
     /// The TLS client certificate is not the one issued to this envoy.
     #[error("client certificate does not belong to envoy {0}")]
     IdentityMismatch(String),
@@ -84,6 +102,9 @@ fn authenticate<'a>(
     if envoy.revoked_index.is_some() {
         return Err(Refusal::Revoked(envoy_id.to_string()));
     }
+    if let Some(bolt) = &envoy.moved_to {
+        return Err(Refusal::Moved { envoy_id: envoy_id.to_string(), bolt: bolt.clone() });
+    }
     if peer_cert_sha256 != Some(envoy.cert_sha256) {
         return Err(Refusal::IdentityMismatch(envoy_id.to_string()));
     }
@@ -112,6 +133,12 @@ pub fn check_in(
     }
     let signed = vigo_proto::signing::check_in_bytes(req);
     let envoy = authenticate(ctx, peer_cert_sha256, &req.envoy_id, req.counter, &signed, &req.signature, now_ms)?;
+    if let Some(me) = ctx.bolt
+        && let Some(owner) = ctx.control.router().owner(&envoy.hostname)
+        && owner != me
+    {
+        return Err(Refusal::Elsewhere { envoy_id: req.envoy_id.clone(), bolt: owner.to_string() });
+    }
 
     let sent_traits = if req.traits_json.is_empty() {
         None
@@ -281,7 +308,15 @@ mod tests {
 
         fn ctx(&self) -> CheckInContext<'_> {
             let (control, fleet, bundles, uploads) = (&self.control, &self.fleet, &self.bundles, &self.uploads);
-            CheckInContext { control, fleet, bundles, check_in_interval_s: 60, uploads, queue_delay: &self.queue_delay }
+            CheckInContext {
+                control,
+                fleet,
+                bundles,
+                check_in_interval_s: 60,
+                uploads,
+                queue_delay: &self.queue_delay,
+                bolt: None,
+            }
         }
     }
 

@@ -19,6 +19,9 @@ impl From<Refusal> for Status {
             Refusal::Traits(TraitsError::Full) => Status::resource_exhausted(msg),
             Refusal::Traits(_) => Status::invalid_argument(msg),
             Refusal::Bundle(_) => Status::failed_precondition(msg),
+            // Answered with a redirect before they get here (bolt.rs); reports and watches of a
+            // moved envoy are told where it belongs.
+            Refusal::Moved { .. } | Refusal::Elsewhere { .. } => Status::failed_precondition(msg),
         }
     }
 }
@@ -66,6 +69,7 @@ pub fn refused(e: ControlError) -> Status {
             Status::not_found(msg)
         }
         ControlError::AlreadyRevoked(_)
+        | ControlError::Moved { .. }
         | ControlError::StackVersion { .. }
         | ControlError::KeysExist
         | ControlError::PeerId { .. } => Status::failed_precondition(msg),

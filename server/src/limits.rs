@@ -84,3 +84,7 @@ pub const GOSSIP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(
 /// How long one gossip call may take, connection included, before the bolt counts as not
 /// answering this round.
 pub const GOSSIP_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Seconds an envoy is told to wait when its hand-off to the bolt that owns it failed (that bolt
+/// is down, or gossip has not told it yet that it owns the hostname): a few gossip rounds.
+pub const HAND_OFF_RETRY_S: u32 = 5;

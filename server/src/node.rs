@@ -174,6 +174,7 @@ impl Node {
             check_in_interval_s: self.settings.check_in_interval_s,
             uploads: &self.uploads,
             queue_delay: &self.queue_delay,
+            bolt: self.settings.bolt.as_ref().map(|b| b.id.as_str()),
         };
         f(&ctx)
     }

@@ -185,3 +185,78 @@ fn three_bolts_federate_gossip_their_rosters_and_report_a_dead_bolt() {
     eventually_roster(&a, "ap-1 online again", Duration::from_secs(20), |s| health_of(s, "ap-1")["online"] == true);
     assert_eq!(bolt_ids(&roster(&c)), all);
 }
+
+/// The hostnames `server` holds as active envoys, and the ones it handed off (to which bolt).
+fn held(server: &Server) -> (Vec<String>, Vec<(String, String)>) {
+    let list = server.cli_json(&["envoys", "list"]);
+    let (mut active, mut moved) = (Vec::new(), Vec::new());
+    for e in list.as_array().unwrap() {
+        let hostname = e["hostname"].as_str().unwrap().to_string();
+        match e["moved_to"].as_str() {
+            Some(bolt) => moved.push((hostname, bolt.to_string())),
+            None => active.push(hostname),
+        }
+    }
+    active.sort();
+    moved.sort();
+    (active, moved)
+}
+
+#[test]
+fn envoys_land_on_the_owning_bolt_and_a_reassign_moves_them_at_their_next_check_in() {
+    let tmp = tempfile::tempdir().unwrap();
+    let eu = Server::start_with(&tmp.path().join("eu-1"), "127.0.0.1:0", &["--bolt", "eu-1", "--bolt-pattern", "*.eu"]);
+    eventually_roster(&eu, "eu-1 registered", Duration::from_secs(30), |s| bolt_ids(s) == ["eu-1"]);
+    let token = eu.cli_ok(&["token", "create", "--federate"]);
+    let us_flags = ["--bolt", "us-1", "--bolt-pattern", "*.us", "--federate", &eu.addr, "--federation-token", &token];
+    let us = Server::start_with(&tmp.path().join("us-1"), "127.0.0.1:0", &us_flags);
+    for bolt in [&eu, &us] {
+        eventually_roster(bolt, "both bolts known", Duration::from_secs(30), |s| bolt_ids(s) == ["eu-1", "us-1"]);
+    }
+    // Config sync is not built yet: the same stack is published on both bolts.
+    let stack = tmp.path().join("stack");
+    support::generation_stack(&stack, "7");
+    for bolt in [&eu, &us] {
+        bolt.cli_ok(&["config", "publish", stack.to_str().unwrap()]);
+    }
+
+    // Both enroll through eu-1; the one whose hostname us-1 owns lands there.
+    let tokens = eu.cli_ok(&["token", "create", "--uses", "2"]);
+    let (web_us, web_eu) = (tmp.path().join("web-1.us"), tmp.path().join("web-2.eu"));
+    for (dir, hostname) in [(&web_us, "web-1.us"), (&web_eu, "web-2.eu")] {
+        let out = support::enroll(&eu, &tokens, dir, hostname);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    assert_eq!(held(&us), (vec!["web-1.us".to_string()], vec![]));
+    assert_eq!(held(&eu), (vec!["web-2.eu".to_string()], vec![("web-1.us".to_string(), "us-1".to_string())]));
+    let servers = |dir: &std::path::Path| -> Value {
+        let meta: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("identity/enrollment.json")).unwrap()).unwrap();
+        meta["servers"].clone()
+    };
+    assert_eq!(servers(&web_us), serde_json::json!([us.addr]), "the envoy was given its bolt's servers");
+    for (dir, root) in [(&web_us, "root-us"), (&web_eu, "root-eu")] {
+        let root = tmp.path().join(root);
+        let out = support::envoy_once(dir, &root, &[]);
+        assert!(out.status.success(), "{}", text(&out));
+        assert_eq!(std::fs::read_to_string(root.join("generation")).unwrap(), "7\n");
+    }
+
+    // Reassigned on eu-1, web-2.eu moves at its next check-in: handed off, redirected, served.
+    eu.cli_ok(&["spanner", "reassign", "--hostname", "web-2.eu", "--to", "us-1"]);
+    eventually_roster(&us, "us-1 learns the reassign", Duration::from_secs(30), |s| {
+        s["reassigned"].as_array().is_some_and(|r| !r.is_empty())
+    });
+    let root = tmp.path().join("root-eu");
+    std::fs::remove_file(root.join("generation")).unwrap();
+    let out = support::envoy_once(&web_eu, &root, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("redirected to another bolt"), "{}", text(&out));
+    assert_eq!(std::fs::read_to_string(root.join("generation")).unwrap(), "7\n", "converged from the new bolt");
+    assert_eq!(servers(&web_eu), serde_json::json!([us.addr]));
+    let (active, _) = held(&us);
+    assert_eq!(active, ["web-1.us", "web-2.eu"]);
+    assert_eq!(held(&eu).1.len(), 2, "eu-1 holds both as handed off");
+    assert_eq!(events_of(&us, "EnvoyAdopted").len(), 2);
+    assert_eq!(events_of(&eu, "EnvoyHandedOff").len(), 2);
+}

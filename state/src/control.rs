@@ -15,7 +15,7 @@ use ed25519_dalek::VerifyingKey;
 use imbl::{HashMap, OrdMap};
 use vigo_proto::events::{Event, EventEnvelope, RosterDelta, RosterStamp, event::Kind};
 
-use crate::roster::{BoltEntry, Roster, Stamp};
+use crate::roster::{BoltEntry, Roster, Router, Stamp};
 
 use vigo_proto::chain::{self, GENESIS_HASH};
 
@@ -49,11 +49,18 @@ pub struct EnvoyEntry {
     pub enrolled_index: u64,
     /// Event index of its revocation; `None` while it may check in.
     pub revoked_index: Option<u64>,
+    /// The bolt it was handed off to; `None` while it belongs here.
+    pub moved_to: Option<String>,
     /// `pubkey` as a curve point, decompressed on first use (a derived cache).
     pub key_cache: KeyCache,
 }
 
 impl EnvoyEntry {
+    /// Whether it checks in here: neither revoked nor handed off to another bolt.
+    pub fn is_active(&self) -> bool {
+        self.revoked_index.is_none() && self.moved_to.is_none()
+    }
+
     /// The envoy's verifying key; `None` when `pubkey` is not a point on the curve (enrollment
     /// refuses those). Decompressing costs about as much as a quarter of a signature check, so
     /// it is done once per envoy, not once per check-in.
@@ -158,6 +165,14 @@ pub enum ControlError {
     /// No envoy with this id.
     #[error("no envoy {0}")]
     EnvoyUnknown(String),
+    /// The envoy was handed off to another bolt.
+    #[error("envoy {envoy_id} belongs to bolt {bolt} now")]
+    Moved {
+        /// The envoy.
+        envoy_id: String,
+        /// Its bolt.
+        bolt: String,
+    },
     /// The envoy is already revoked.
     #[error("envoy {0} is already revoked")]
     AlreadyRevoked(String),
@@ -215,6 +230,8 @@ pub struct ControlState {
     /// The federation's admissions roster as this bolt knows it (changed only by roster
     /// events, so shared, not copied, by every published snapshot).
     roster: Arc<Roster>,
+    /// The roster's routing, compiled on first use after each roster change.
+    router: Arc<OnceLock<Router>>,
 }
 
 impl ControlState {
@@ -309,6 +326,11 @@ impl ControlState {
         &self.roster
     }
 
+    /// The roster's routing, compiled once per roster change: which bolt owns a hostname.
+    pub fn router(&self) -> &Router {
+        self.router.get_or_init(|| Router::new(&self.roster))
+    }
+
     /// Whether `event`, stamped at `now_ms`, may be applied to this state.
     pub fn validate(&self, event: &Event, now_ms: i64) -> Result<(), ControlError> {
         match event.kind.as_ref().ok_or(ControlError::Empty)? {
@@ -341,6 +363,31 @@ impl ControlState {
                     self.envoys.get(&r.envoy_id).ok_or_else(|| ControlError::EnvoyUnknown(r.envoy_id.clone()))?;
                 if envoy.revoked_index.is_some() {
                     return Err(ControlError::AlreadyRevoked(r.envoy_id.clone()));
+                }
+                if let Some(bolt) = &envoy.moved_to {
+                    return Err(ControlError::Moved { envoy_id: r.envoy_id.clone(), bolt: bolt.clone() });
+                }
+            }
+            Kind::EnvoyHandedOff(h) => {
+                let envoy =
+                    self.envoys.get(&h.envoy_id).ok_or_else(|| ControlError::EnvoyUnknown(h.envoy_id.clone()))?;
+                if !envoy.is_active() {
+                    return Err(ControlError::Malformed("only an active envoy is handed off"));
+                }
+                check_bolt_id(&h.to)?;
+            }
+            Kind::EnvoyAdopted(a) => {
+                hash32(&a.pubkey).ok_or(ControlError::Malformed("pubkey must be 32 bytes"))?;
+                hash32(&a.cert_sha256).ok_or(ControlError::Malformed("cert_sha256 must be 32 bytes"))?;
+                if a.envoy_id.is_empty() || a.hostname.is_empty() {
+                    return Err(ControlError::Malformed("envoy id and hostname are required"));
+                }
+                check_bolt_id(&a.from)?;
+                if self.envoys.get(&a.envoy_id).is_some_and(|e| e.is_active()) {
+                    return Err(ControlError::EnvoyIdTaken(a.envoy_id.clone()));
+                }
+                if let Some(holder) = self.active_hostnames.get(&a.hostname) {
+                    return Err(ControlError::HostnameTaken { hostname: a.hostname.clone(), envoy_id: holder.clone() });
                 }
             }
             Kind::StackPublished(s) => {
@@ -505,10 +552,31 @@ impl ControlState {
                     cert_sha256: hash32(&e.cert_sha256).expect("validated"),
                     enrolled_index: index,
                     revoked_index: None,
+                    moved_to: None,
                     key_cache: KeyCache::default(),
                 };
                 self.active_hostnames.insert(e.hostname.clone(), e.envoy_id.clone());
                 self.envoys.insert(e.envoy_id.clone(), Arc::new(entry));
+            }
+            Kind::EnvoyHandedOff(h) => {
+                let mut entry = (**self.envoys.get(&h.envoy_id).expect("validated")).clone();
+                entry.moved_to = Some(h.to.clone());
+                self.active_hostnames.remove(&entry.hostname);
+                self.envoys.insert(h.envoy_id.clone(), Arc::new(entry));
+            }
+            Kind::EnvoyAdopted(a) => {
+                let entry = EnvoyEntry {
+                    envoy_id: a.envoy_id.clone(),
+                    hostname: a.hostname.clone(),
+                    pubkey: hash32(&a.pubkey).expect("validated"),
+                    cert_sha256: hash32(&a.cert_sha256).expect("validated"),
+                    enrolled_index: index,
+                    revoked_index: None,
+                    moved_to: None,
+                    key_cache: KeyCache::default(),
+                };
+                self.active_hostnames.insert(a.hostname.clone(), a.envoy_id.clone());
+                self.envoys.insert(a.envoy_id.clone(), Arc::new(entry));
             }
             Kind::EnvoyRevoked(r) => {
                 let mut entry = (**self.envoys.get(&r.envoy_id).expect("validated")).clone();
@@ -562,21 +630,25 @@ impl ControlState {
                 self.peers_index = index;
             }
             Kind::BoltRegistered(b) => {
+                self.router = Arc::default();
                 let entry = BoltEntry { addrs: b.addrs.clone(), patterns: b.patterns.clone() };
                 let stamp = roster_stamp(b.stamp.as_ref()).expect("validated");
                 Arc::make_mut(&mut self.roster).put_bolt(&b.bolt, entry, stamp);
             }
             Kind::EnvoysReassigned(r) => {
+                self.router = Arc::default();
                 let stamp = roster_stamp(r.stamp.as_ref()).expect("validated");
                 let to = (!r.to.is_empty()).then_some(r.to.as_str());
                 Arc::make_mut(&mut self.roster).reassign(&r.hostname, to, stamp);
             }
             Kind::BoltFederated(f) => self.use_token(&f.token_sha256),
             Kind::RosterMerged(m) => {
+                self.router = Arc::default();
                 let merged = roster_of(m.roster.as_ref().expect("validated")).expect("validated");
                 Arc::make_mut(&mut self.roster).merge_in(merged);
             }
             Kind::BoltDrained(d) => {
+                self.router = Arc::default();
                 let stamp = roster_stamp(d.stamp.as_ref()).expect("validated");
                 let to = (!d.to.is_empty()).then_some(d.to.as_str());
                 Arc::make_mut(&mut self.roster).drain(&d.bolt, to, stamp);
@@ -593,10 +665,10 @@ impl ControlState {
         for (hostname, envoy_id) in self.active_hostnames.iter() {
             let envoy =
                 self.envoys.get(envoy_id).unwrap_or_else(|| panic!("I-5: hostname {hostname} names unknown envoy"));
-            assert!(envoy.revoked_index.is_none(), "I-5: revoked envoy {envoy_id} still holds {hostname}");
+            assert!(envoy.is_active(), "I-5: revoked or moved envoy {envoy_id} still holds {hostname}");
             assert_eq!(&envoy.hostname, hostname, "I-5: hostname index disagrees with envoy {envoy_id}");
         }
-        let n_active = self.envoys.values().filter(|e| e.revoked_index.is_none()).count();
+        let n_active = self.envoys.values().filter(|e| e.is_active()).count();
         assert_eq!(n_active, self.active_hostnames.len(), "I-5: every active envoy holds its hostname");
     }
 }
@@ -833,8 +905,8 @@ mod tests {
         );
         let roster = state.roster();
         assert_eq!(roster.bolts().count(), 2);
-        assert_eq!(roster.owner("web-1.eu").map(String::as_str), Some("us-1"), "reassigned");
-        assert_eq!(roster.owner("db-1.eu").map(String::as_str), Some("us-1"), "eu-1 is drained to us-1");
+        assert_eq!(roster.owner("web-1.eu").as_deref(), Some("us-1"), "reassigned");
+        assert_eq!(roster.owner("db-1.eu").as_deref(), Some("us-1"), "eu-1 is drained to us-1");
         assert_eq!(roster.drained_to("eu-1").map(String::as_str), Some("us-1"));
     }
 

@@ -184,31 +184,69 @@ fn specificity(pattern: &str) -> usize {
     pattern.chars().filter(|c| !matches!(c, '*' | '?' | '[' | ']')).count()
 }
 
-fn matches(pattern: &str, hostname: &str) -> bool {
-    globset::Glob::new(pattern).is_ok_and(|glob| glob.compile_matcher().is_match(hostname))
+impl Roster {
+    /// The bolt that owns `hostname` (see [`Router::owner`]). Compiles the globs each call: for
+    /// a hot path, keep a [`Router`].
+    pub fn owner(&self, hostname: &str) -> Option<BoltId> {
+        Router::new(self).owner(hostname).map(str::to_string)
+    }
 }
 
-impl Roster {
+/// A roster's routing with its globs compiled, for deciding the owner of many hostnames.
+#[derive(Debug, Default)]
+pub struct Router {
+    /// Reassigns to existing bolts: (matcher, specificity, pattern, bolt).
+    overrides: Vec<(globset::GlobMatcher, usize, String, BoltId)>,
+    /// Every existing bolt's patterns: (matcher, specificity, bolt).
+    patterns: Vec<(globset::GlobMatcher, usize, BoltId)>,
+    /// Drains between existing bolts.
+    drains: BTreeMap<BoltId, BoltId>,
+}
+
+impl Router {
+    /// Compiles `roster`'s routing; a glob that does not compile matches nothing.
+    pub fn new(roster: &Roster) -> Router {
+        let compile = |pattern: &str| globset::Glob::new(pattern).ok().map(|g| g.compile_matcher());
+        let overrides = roster
+            .overrides()
+            .filter(|(_, to)| roster.bolt(to).is_some())
+            .filter_map(|(pattern, to)| Some((compile(pattern)?, specificity(pattern), pattern.clone(), to.clone())))
+            .collect();
+        let patterns = roster
+            .bolts()
+            .flat_map(|(id, entry)| entry.patterns.iter().map(move |pattern| (id, pattern)))
+            .filter_map(|(id, pattern)| Some((compile(pattern)?, specificity(pattern), id.clone())))
+            .collect();
+        let drains = roster
+            .bolts()
+            .filter_map(|(id, _)| {
+                Some((id.clone(), roster.drained_to(id).filter(|to| roster.bolt(to).is_some())?.clone()))
+            })
+            .collect();
+        Router { overrides, patterns, drains }
+    }
+
     /// The bolt that owns `hostname`: the most specific `reassign` that matches it, else the
     /// bolt whose pattern matches it most specifically (ties: the smaller bolt id); then, if
     /// that bolt is drained, where its drain leads (followed through further drains, never in a
     /// circle). Only bolts that exist are owners; `None` when none matches.
-    pub fn owner(&self, hostname: &str) -> Option<&BoltId> {
+    pub fn owner(&self, hostname: &str) -> Option<&str> {
         let reassigned = self
-            .overrides()
-            .filter(|(pattern, to)| self.bolt(to).is_some() && matches(pattern, hostname))
-            .max_by(|(a, _), (b, _)| specificity(a).cmp(&specificity(b)).then_with(|| b.cmp(a)))
-            .map(|(_, to)| to);
+            .overrides
+            .iter()
+            .filter(|(matcher, ..)| matcher.is_match(hostname))
+            .max_by(|(_, a, a_pattern, _), (_, b, b_pattern, _)| a.cmp(b).then_with(|| b_pattern.cmp(a_pattern)))
+            .map(|(.., to)| to);
         let owner = reassigned.or_else(|| {
-            self.bolts()
-                .flat_map(|(id, entry)| entry.patterns.iter().map(move |pattern| (id, pattern)))
-                .filter(|(_, pattern)| matches(pattern, hostname))
-                .max_by(|(a_id, a), (b_id, b)| specificity(a).cmp(&specificity(b)).then_with(|| b_id.cmp(a_id)))
-                .map(|(id, _)| id)
+            self.patterns
+                .iter()
+                .filter(|(matcher, ..)| matcher.is_match(hostname))
+                .max_by(|(_, a, a_id), (_, b, b_id)| a.cmp(b).then_with(|| b_id.cmp(a_id)))
+                .map(|(.., id)| id)
         })?;
         let mut at = owner;
         let mut seen = vec![owner];
-        while let Some(next) = self.drained_to(at).filter(|next| self.bolt(next).is_some()) {
+        while let Some(next) = self.drains.get(at) {
             if seen.contains(&next) {
                 break;
             }
@@ -323,26 +361,26 @@ mod tests {
         roster.put_bolt("eu-1", entry(&["*.eu.example.com"]), clock.tick(1));
         roster.put_bolt("eu-2", entry(&["db-*.eu.example.com"]), clock.tick(2));
         roster.put_bolt("us-1", entry(&["*"]), clock.tick(3));
-        assert_eq!(roster.owner("web-1.eu.example.com").map(String::as_str), Some("eu-1"));
-        assert_eq!(roster.owner("db-1.eu.example.com").map(String::as_str), Some("eu-2"));
-        assert_eq!(roster.owner("anything").map(String::as_str), Some("us-1"));
+        assert_eq!(roster.owner("web-1.eu.example.com").as_deref(), Some("eu-1"));
+        assert_eq!(roster.owner("db-1.eu.example.com").as_deref(), Some("eu-2"));
+        assert_eq!(roster.owner("anything").as_deref(), Some("us-1"));
 
         roster.reassign("web-*.eu.example.com", Some("us-1"), clock.tick(4));
         roster.reassign("web-7.eu.example.com", Some("eu-2"), clock.tick(5));
-        assert_eq!(roster.owner("web-1.eu.example.com").map(String::as_str), Some("us-1"));
-        assert_eq!(roster.owner("web-7.eu.example.com").map(String::as_str), Some("eu-2"), "exact beats glob");
+        assert_eq!(roster.owner("web-1.eu.example.com").as_deref(), Some("us-1"));
+        assert_eq!(roster.owner("web-7.eu.example.com").as_deref(), Some("eu-2"), "exact beats glob");
 
         // eu-2 drains to eu-1, eu-1 to us-1: its envoys end on us-1; a circle stops where it closes.
         roster.drain("eu-2", Some("eu-1"), clock.tick(6));
         roster.drain("eu-1", Some("us-1"), clock.tick(7));
-        assert_eq!(roster.owner("db-1.eu.example.com").map(String::as_str), Some("us-1"));
+        assert_eq!(roster.owner("db-1.eu.example.com").as_deref(), Some("us-1"));
         roster.drain("us-1", Some("eu-2"), clock.tick(8));
         assert!(roster.owner("db-1.eu.example.com").is_some());
         // A removed bolt owns nothing, and nothing is reassigned or drained to it.
         roster.drain("us-1", None, clock.tick(9));
         roster.remove_bolt("us-1", clock.tick(10));
         assert_eq!(roster.owner("anything"), None);
-        assert_eq!(roster.owner("web-1.eu.example.com").map(String::as_str), Some("eu-1"));
+        assert_eq!(roster.owner("web-1.eu.example.com").as_deref(), Some("eu-1"));
     }
 
     /// One write by one of three bolts.

@@ -256,7 +256,7 @@ impl Admin for AdminService {
         let state = self.node.log.state();
         let roster = state.roster();
         let own = self.node.settings.bolt.as_ref().map(|b| b.id.as_str());
-        let envoys_here = state.envoys().filter(|e| e.revoked_index.is_none()).count() as u64;
+        let envoys_here = state.envoys().filter(|e| e.is_active()).count() as u64;
         let bolts = roster
             .bolts()
             .map(|(id, entry)| {
@@ -340,7 +340,7 @@ impl Admin for AdminService {
         let live = control.stack_version();
         let online_since = self.node.online_since_ms(now_ms());
         let mut report = ReportComplianceResponse { stack_version: live, ..Default::default() };
-        for envoy in control.envoys().filter(|e| e.revoked_index.is_none()) {
+        for envoy in control.envoys().filter(|e| e.is_active()) {
             let obs = self.node.fleet.get(&envoy.envoy_id).unwrap_or_default();
             let compliance = crate::compliance::of(obs.last_run.as_ref(), live);
             report.envoys += 1;
@@ -435,5 +435,6 @@ fn envoy_info(envoy: &EnvoyEntry, obs: &EnvoyObservation) -> EnvoyInfo {
         bundle_fingerprint: obs.bundle_fingerprint.clone(),
         last_run: obs.last_run,
         reports_received: obs.reports_received,
+        moved_to: envoy.moved_to.clone().unwrap_or_default(),
     }
 }

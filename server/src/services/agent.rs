@@ -145,6 +145,7 @@ impl Session {
                         }
                         crate::check_in::check_in(ctx, peer, &req, now_ms())
                     });
+                    let answered = crate::bolt::follow_up(&self.node, answered).await;
                     return Some(match answered {
                         Ok(response) => {
                             if self.envoy_id.is_none() {
@@ -224,13 +225,27 @@ impl Agent for AgentService {
         };
         self.node.commit_event(&format!("envoy:{envoy_id}"), Kind::EnvoyEnrolled(event)).await?;
         tracing::info!(envoy_id, hostname = req.hostname, "envoy enrolled");
+        // In a federation the envoy lands on the bolt that owns its hostname: handed off there
+        // now, it is given that bolt's servers. If the hand-off cannot happen yet, it stays here
+        // and its first check-ins retry it.
+        let (mut servers, mut peers_index) = (self.node.servers(), self.node.control().peers_index());
+        if let Some(owner) = crate::bolt::owner_elsewhere(&self.node, &req.hostname) {
+            match crate::bolt::hand_off(&self.node, &envoy_id, &owner).await {
+                Ok(()) => {
+                    let roster = self.node.control();
+                    servers = roster.roster().bolt(&owner).map(|b| b.addrs.clone()).unwrap_or(servers);
+                    peers_index = 0;
+                }
+                Err(e) => tracing::warn!(envoy_id, owner, "enrolled here; cannot hand off yet: {e:#}"),
+            }
+        }
         Ok(Response::new(EnrollResponse {
             envoy_id,
             cert_der,
             ca_cert_der: self.node.pki.ca_der.clone(),
             bundle_pubkey: self.node.pki.bundle_key.verifying_key().to_bytes().to_vec(),
-            servers: self.node.servers(),
-            peers_index: self.node.control().peers_index(),
+            servers,
+            peers_index,
             check_in_interval_s: self.node.settings.check_in_interval_s,
         }))
     }
@@ -239,7 +254,7 @@ impl Agent for AgentService {
         let peer = peer_cert_sha256(&request);
         let req = request.into_inner();
         let answered = self.node.answer_check_in(|ctx| crate::check_in::check_in(ctx, peer, &req, now_ms()));
-        Ok(Response::new(answered?))
+        Ok(Response::new(crate::bolt::follow_up(&self.node, answered).await?))
     }
 
     async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<WatchStream>, Status> {

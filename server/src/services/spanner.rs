@@ -8,7 +8,9 @@ use tonic::{Request, Response, Status};
 use vigo_proto::events::event::Kind;
 use vigo_proto::events::{BoltFederated, RosterMerged};
 use vigo_proto::spanner::spanner_server::Spanner;
-use vigo_proto::spanner::{FederateRequest, FederateResponse, GossipRequest, GossipResponse};
+use vigo_proto::spanner::{
+    AdoptRequest, AdoptResponse, FederateRequest, FederateResponse, GossipRequest, GossipResponse,
+};
 use vigo_proto::token::{Token, TokenKind};
 use vigo_state::control::{check_bolt_id, roster_of};
 
@@ -80,7 +82,34 @@ impl Spanner for SpannerService {
             }
         }
         let state = self.node.log.state();
-        let envoys = state.envoys().filter(|e| e.revoked_index.is_none()).count() as u64;
+        let envoys = state.envoys().filter(|e| e.is_active()).count() as u64;
         Ok(Response::new(GossipResponse { bolt, roster: Some(state.roster().to_delta()), envoys }))
+    }
+
+    async fn adopt(&self, request: Request<AdoptRequest>) -> Result<Response<AdoptResponse>, Status> {
+        peer_of_a_bolt(&request)?;
+        let me = self.bolt()?.to_string();
+        let adopted = request.into_inner().envoy.ok_or_else(|| Status::invalid_argument("no envoy to adopt"))?;
+        let state = self.node.log.state();
+        if state.router().owner(&adopted.hostname) != Some(me.as_str()) {
+            return Err(Status::failed_precondition(format!(
+                "bolt {me} does not own {} (yet: its roster may lag behind)",
+                adopted.hostname
+            )));
+        }
+        if let Some(held) = state.envoy(&adopted.envoy_id).filter(|e| e.is_active()) {
+            // Adopted before (the giving bolt did not get to record the hand-off): the same
+            // identity is no change; another one is a conflict.
+            if held.cert_sha256.as_slice() == adopted.cert_sha256.as_slice() {
+                return Ok(Response::new(AdoptResponse {}));
+            }
+            return Err(Status::already_exists(format!(
+                "envoy {} is held here with another identity",
+                adopted.envoy_id
+            )));
+        }
+        let from = adopted.from.clone();
+        self.node.commit_event(&format!("bolt:{from}"), Kind::EnvoyAdopted(adopted)).await?;
+        Ok(Response::new(AdoptResponse {}))
     }
 }
