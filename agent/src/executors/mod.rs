@@ -26,7 +26,7 @@ use std::fs;
 use std::io;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use vigo_proto::agent::resource_result::Status;
@@ -103,6 +103,12 @@ pub fn apply(resource: &Resource, ctx: &Context<'_>) -> Outcome {
         },
         None => Outcome::Failed(format!("resource {} carries no spec", resource.id)),
     }
+}
+
+/// True when ROOT is the host's own `/` (`--root /`, the default), not a sandbox: every
+/// executor decides by this alone whether to point its tools at ROOT.
+pub(super) fn is_host_root(root: &Path) -> bool {
+    root.has_root() && root.components().all(|c| c == Component::RootDir)
 }
 
 /// The two values of `ensure`; empty means present.

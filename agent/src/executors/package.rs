@@ -240,8 +240,12 @@ fn check_version(version: &str) -> Result<(), String> {
     if valid { Ok(()) } else { Err(format!("invalid version {version:?}")) }
 }
 
-/// The root as text the tools' options and configuration can carry unquoted.
+/// The root as text the tools' options and configuration can carry unquoted; the host's own
+/// root is always `"/"`, which the backends compare against.
 pub(super) fn check_root(root: &Path) -> Result<&str, String> {
+    if super::is_host_root(root) {
+        return Ok("/");
+    }
     let text = root.to_str().filter(|t| t.starts_with('/'));
     match text {
         Some(text) if !text.chars().any(|c| c.is_whitespace() || c.is_control() || "\"\\'#;".contains(c)) => Ok(text),
@@ -952,6 +956,7 @@ mod tests {
         assert!(check_root(Path::new("/a b")).is_err());
         assert!(check_root(Path::new("/a\"b")).is_err());
         assert_eq!(check_root(Path::new("/tmp/x")), Ok("/tmp/x"));
+        assert_eq!(check_root(Path::new("//")), Ok("/"), "the host root is always \"/\" to the backends");
     }
 
     /// A package manager in memory, recording what it was asked to change.

@@ -194,8 +194,7 @@ fn converge(json: &str, ctx: &Context<'_>) -> Result<Outcome, String> {
 
 /// Whether the systemd managing ROOT runs, so `is-active`, `start` and `stop` mean something.
 fn systemd_runs_for(root: &Path) -> bool {
-    let is_host_root = root.canonicalize().is_ok_and(|root| root == Path::new("/"));
-    is_host_root && Path::new(SYSTEMD_RUNNING_MARKER).is_dir()
+    super::is_host_root(root) && Path::new(SYSTEMD_RUNNING_MARKER).is_dir()
 }
 
 /// Reads what `is-enabled` prints: one word on stdout, whatever the exit code (disabled exits 1).

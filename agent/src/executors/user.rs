@@ -44,7 +44,7 @@ use serde::Deserialize;
 
 use super::attributes::account_entries;
 use super::command;
-use super::{Context, Ensure, Outcome};
+use super::{Context, Ensure, Outcome, is_host_root};
 use crate::limits::{ACCOUNT_FILE_BYTES_MAX, ACCOUNT_NAME_CHARS_MAX, ACCOUNT_TOOL_TIMEOUT_S};
 use crate::root::managed_path;
 
@@ -389,11 +389,6 @@ fn check_passwd_path(field: &str, path: &str) -> Result<(), String> {
         return Ok(());
     };
     Err(format!("invalid {field} {path:?}: {reason}"))
-}
-
-/// True when ROOT is the host's own `/`.
-pub(super) fn is_host_root(root: &Path) -> bool {
-    root.has_root() && root.components().all(|c| c == Component::RootDir)
 }
 
 /// A shadow tool (`useradd`, `groupmod`, …) aimed at ROOT: `--prefix ROOT` unless ROOT is `/`,
