@@ -17,7 +17,7 @@ use vigo_proto::events::{
     BoltDrained, BoltRegistered, EnvoyAdopted, EnvoyHandedOff, EnvoysReassigned, RosterDelta, RosterMerged, RosterStamp,
 };
 use vigo_proto::spanner::spanner_client::SpannerClient;
-use vigo_proto::spanner::{AdoptRequest, FederateRequest, GossipRequest, GossipResponse};
+use vigo_proto::spanner::{AdoptRequest, FederateRequest, GossipRequest};
 use vigo_proto::tls::{client_config, connect, fetch_pinned_ca};
 use vigo_proto::token::{Token, TokenKind};
 use vigo_state::control::roster_of;
@@ -154,7 +154,11 @@ pub async fn gossip(node: Arc<Node>, config: BoltConfig, paths: Paths) {
         for (id, addrs) in others {
             let request = GossipRequest { from: config.id.clone(), roster: ours.clone() };
             let started = Instant::now();
-            match call_gossip(&addrs, tls.clone(), request).await {
+            let call = |mut client: SpannerClient<_>| {
+                let request = request.clone();
+                async move { client.gossip(request).await }
+            };
+            match ask_bolt(&addrs, tls.clone(), call).await {
                 Ok(reply) => {
                     node.bolt_health.answered(&id, started.elapsed(), reply.envoys);
                     if let (true, Some(delta)) = (leader, reply.roster) {
@@ -170,23 +174,23 @@ pub async fn gossip(node: Arc<Node>, config: BoltConfig, paths: Paths) {
     }
 }
 
-/// The first of `addrs` that answers a `Gossip` call.
-async fn call_gossip(
-    addrs: &[String],
-    tls: Arc<rustls::ClientConfig>,
-    request: GossipRequest,
-) -> anyhow::Result<GossipResponse> {
+/// Makes `call` on the first of a bolt's `addrs` that answers it, each try (connection
+/// included) bounded by [`limits::GOSSIP_CALL_TIMEOUT`]; the last failure when none does.
+async fn ask_bolt<T, F, Fut>(addrs: &[String], tls: Arc<rustls::ClientConfig>, call: F) -> anyhow::Result<T>
+where
+    F: Fn(SpannerClient<tonic::transport::Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
     let mut last = anyhow::anyhow!("the bolt has no address");
     for addr in addrs {
-        let call = async {
+        let attempt = async {
             let channel = connect(addr, tls.clone(), limits::GOSSIP_CALL_TIMEOUT).await?;
-            let reply = SpannerClient::new(channel).gossip(request.clone()).await?;
-            anyhow::Ok(reply.into_inner())
+            anyhow::Ok(call(SpannerClient::new(channel)).await?.into_inner())
         };
-        match tokio::time::timeout(limits::GOSSIP_CALL_TIMEOUT, call).await {
+        match tokio::time::timeout(limits::GOSSIP_CALL_TIMEOUT, attempt).await {
             Ok(Ok(reply)) => return Ok(reply),
-            Ok(Err(e)) => last = e.context(format!("gossip with {addr}")),
-            Err(_) => last = anyhow::anyhow!("gossip with {addr} timed out"),
+            Ok(Err(e)) => last = e.context(format!("at {addr}")),
+            Err(_) => last = anyhow::anyhow!("at {addr}: no answer in time"),
         }
     }
     Err(last)
@@ -345,27 +349,11 @@ pub async fn hand_off(node: &Node, envoy_id: &str, to: &str) -> anyhow::Result<(
         cert_sha256: envoy.cert_sha256.to_vec(),
         from: me.clone(),
     };
-    let tls = node.pki.identity.peer_client_tls()?;
-    let mut last = anyhow::anyhow!("bolt {to} has no address");
-    let mut taken = false;
-    for addr in &addrs {
-        let call = async {
-            let channel = connect(addr, tls.clone(), limits::GOSSIP_CALL_TIMEOUT).await?;
-            SpannerClient::new(channel).adopt(AdoptRequest { envoy: Some(adopted.clone()) }).await?;
-            anyhow::Ok(())
-        };
-        match tokio::time::timeout(limits::GOSSIP_CALL_TIMEOUT, call).await {
-            Ok(Ok(())) => {
-                taken = true;
-                break;
-            }
-            Ok(Err(e)) => last = e.context(format!("bolt {to} at {addr}")),
-            Err(_) => last = anyhow::anyhow!("bolt {to} at {addr} did not answer"),
-        }
-    }
-    if !taken {
-        return Err(last);
-    }
+    let call = |mut client: SpannerClient<_>| {
+        let request = AdoptRequest { envoy: Some(adopted.clone()) };
+        async move { client.adopt(request).await }
+    };
+    ask_bolt(&addrs, node.pki.identity.peer_client_tls()?, call).await.with_context(|| format!("bolt {to}"))?;
     let event = EnvoyHandedOff { envoy_id: envoy_id.to_string(), to: to.to_string() };
     node.commit_event(&format!("bolt:{me}"), Kind::EnvoyHandedOff(event)).await?;
     tracing::info!(envoy_id, to, "envoy handed off");

@@ -256,7 +256,7 @@ impl Admin for AdminService {
         let state = self.node.log.state();
         let roster = state.roster();
         let own = self.node.settings.bolt.as_ref().map(|b| b.id.as_str());
-        let envoys_here = state.envoys().filter(|e| e.is_active()).count() as u64;
+        let envoys_here = state.n_active_envoys() as u64;
         let bolts = roster
             .bolts()
             .map(|(id, entry)| {

@@ -82,7 +82,7 @@ impl Spanner for SpannerService {
             }
         }
         let state = self.node.log.state();
-        let envoys = state.envoys().filter(|e| e.is_active()).count() as u64;
+        let envoys = state.n_active_envoys() as u64;
         Ok(Response::new(GossipResponse { bolt, roster: Some(state.roster().to_delta()), envoys }))
     }
 
