@@ -63,13 +63,19 @@ pub struct Envoy {
     cache: Cache,
     options: RunOptions,
     channel: Option<Channel>,
-    /// The held session: check-ins travel on it, and the server pushes on it when a new stack
-    /// goes live.
+    /// The held session: check-ins and reports travel on it, and the server pushes on it when a
+    /// new stack goes live. While it is open the envoy holds no other connection.
     session: Option<Session>,
+    /// The envoy's mTLS configuration, negotiating sessions instead of gRPC.
+    session_tls: std::sync::Arc<rustls::ClientConfig>,
 }
 
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn unreachable() -> tonic::Status {
+    tonic::Status::unavailable("no server reachable")
 }
 
 fn status_text(status: &tonic::Status) -> String {
@@ -81,7 +87,8 @@ impl Envoy {
     pub fn open(options: RunOptions) -> anyhow::Result<Self> {
         let identity = crate::identity::load(&options.data_dir)?;
         let cache = Cache::open(&options.data_dir).context("cannot open the envoy cache")?;
-        Ok(Self { identity, cache, options, channel: None, session: None })
+        let session_tls = vigo_proto::session::client_config(&identity.tls);
+        Ok(Self { identity, cache, options, channel: None, session: None, session_tls })
     }
 
     async fn client(&mut self) -> Option<AgentClient<Channel>> {
@@ -130,27 +137,12 @@ impl Envoy {
         traits_hash: &[u8],
         fingerprint: &[u8],
     ) -> anyhow::Result<Option<CheckInResponse>> {
-        let Some(mut client) = self.client().await else { return Ok(None) };
         let mut send_traits = false;
         for _ in 0..2 {
             let req = self.signed_check_in(send_traits.then_some(traits_json), traits_hash, fingerprint)?;
-            // Traits go with a call of their own, never on the session (see agent.proto), and on
-            // a connection of their own, closed after: ~150 KB through the held connection would
-            // leave the server's buffers for it grown for as long as it lives (~8 KiB per envoy,
-            // benches/README.md). A single run (`--once`) holds nothing.
-            let answered = if send_traits && !self.options.once {
-                let held = self.channel.take();
-                let answered = match self.client().await {
-                    Some(mut fresh) => fresh.check_in(req).await.map(tonic::Response::into_inner),
-                    None => Err(tonic::Status::unavailable("no server reachable for the traits upload")),
-                };
-                self.channel = held;
-                answered
-            } else if send_traits || self.options.once {
-                client.check_in(req).await.map(tonic::Response::into_inner)
-            } else {
-                self.session_check_in(&mut client, req).await
-            };
+            // A single run (`--once`) holds nothing: a call on a connection of its own.
+            let answered =
+                if self.options.once { self.call_check_in(req).await } else { self.session_check_in(req).await };
             match answered {
                 Ok(response) => {
                     if !response.servers.is_empty() {
@@ -172,6 +164,12 @@ impl Envoy {
             }
         }
         anyhow::bail!("server keeps asking for traits it was sent")
+    }
+
+    /// One check-in as a `CheckIn` call.
+    async fn call_check_in(&mut self, req: CheckInRequest) -> Result<CheckInResponse, tonic::Status> {
+        let Some(mut client) = self.client().await else { return Err(unreachable()) };
+        client.check_in(req).await.map(tonic::Response::into_inner)
     }
 
     /// Keeps the cluster's current peers (the server sends them when they changed), so the
@@ -206,19 +204,32 @@ impl Envoy {
         }
     }
 
-    /// One check-in on the held session, opening it when there is none; a failed one closes it.
-    async fn session_check_in(
-        &mut self,
-        client: &mut AgentClient<Channel>,
-        req: CheckInRequest,
-    ) -> Result<CheckInResponse, tonic::Status> {
+    /// The held session, opened to the first server that answers when there is none.
+    async fn session(&mut self) -> Option<&mut Session> {
+        if self.session.is_none() {
+            for i in 0..self.identity.servers.len() {
+                let server = &self.identity.servers[i];
+                match Session::connect(server, None, self.session_tls.clone(), CALL_TIMEOUT).await {
+                    Ok(session) => {
+                        // The peer that answered is tried first from now on.
+                        let server = self.identity.servers.remove(i);
+                        self.identity.servers.insert(0, server);
+                        self.session = Some(session);
+                        break;
+                    }
+                    Err(e) => tracing::warn!("server {server} unreachable: {}", e.message()),
+                }
+            }
+        }
+        self.session.as_mut()
+    }
+
+    /// One check-in on the held session; a failed one closes it.
+    async fn session_check_in(&mut self, req: CheckInRequest) -> Result<CheckInResponse, tonic::Status> {
         let answered = tokio::time::timeout(CALL_TIMEOUT, async {
-            match &mut self.session {
+            match self.session().await {
                 Some(session) => session.check_in(req).await,
-                None => Session::open(client, req).await.map(|(session, answer)| {
-                    self.session = Some(session);
-                    answer
-                }),
+                None => Err(unreachable()),
             }
         })
         .await
@@ -304,7 +315,6 @@ impl Envoy {
             if pending.is_empty() {
                 return Ok(sent);
             }
-            let Some(mut client) = self.client().await else { return Ok(sent) };
             let mut req = ReportRequest {
                 envoy_id: self.identity.envoy_id.clone(),
                 counter: self.cache.next_counter()?,
@@ -312,7 +322,17 @@ impl Envoy {
                 signature: Vec::new(),
             };
             req.signature = self.identity.key.sign(&vigo_proto::signing::report_bytes(&req)).to_bytes().to_vec();
-            match client.report_results(req).await {
+            // On the session when one is open, else as a call.
+            let answered = match &mut self.session {
+                Some(session) => tokio::time::timeout(CALL_TIMEOUT, session.report(req))
+                    .await
+                    .unwrap_or_else(|_| Err(tonic::Status::unavailable("no answer on the session"))),
+                None => match self.client().await {
+                    Some(mut client) => client.report_results(req).await.map(tonic::Response::into_inner),
+                    None => return Ok(sent),
+                },
+            };
+            match answered {
                 Ok(_) => {
                     let keys: Vec<u64> = pending.iter().map(|(k, _)| *k).collect();
                     self.cache.ack_runs(&keys)?;
@@ -321,6 +341,7 @@ impl Envoy {
                 Err(status) => {
                     tracing::warn!("report failed, results stay queued: {}", status_text(&status));
                     self.channel = None;
+                    self.session = None;
                     return Ok(sent);
                 }
             }
@@ -360,9 +381,9 @@ impl Envoy {
                         // The session ended (server restarting): wait out the interval as before.
                         None => {
                             if self.session.take().is_some_and(|s| s.refused_for_capacity()) {
-                                // The server holds all the sessions it may: free its connection;
-                                // the next check-in comes on a new one.
-                                self.channel = None;
+                                // The next check-in opens a session again, closed again after
+                                // its answer while the server is full: polling, in effect.
+                                tracing::info!("the server holds all the sessions it may");
                             }
                         }
                     },

@@ -1,57 +1,120 @@
-//! A held `Agent.Session`: check-ins go out as messages on one stream, their answers come back
-//! in order, and pushes arrive in between. Traits never travel on a session (see `agent.proto`):
-//! the caller sends them with a `CheckIn` call.
+//! A held session (`SessionRequest` in `agent.proto`): a TLS connection of its own on which
+//! check-ins and reports go out as frames, their answers come back in order, and pushes arrive
+//! in between.
 
-use tonic::Status;
-use tonic::transport::Channel;
-use vigo_proto::agent::agent_client::AgentClient;
-use vigo_proto::agent::{CheckInRequest, CheckInResponse, SessionEvent, session_event};
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use tokio::io::WriteHalf;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tonic::{Code, Status};
+use vigo_proto::agent::{
+    CheckInRequest, CheckInResponse, ReportRequest, ReportResponse, SessionEvent, SessionRequest, session_event,
+    session_request,
+};
+use vigo_proto::session::{read_frame, write_frame};
+
+/// Largest frame taken from the server: an answer carrying a bundle.
+const EVENT_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+type Events = Pin<Box<dyn Stream<Item = Result<SessionEvent, Status>> + Send>>;
 
 /// An open session. See the module docs.
 pub struct Session {
-    tx: tokio::sync::mpsc::Sender<CheckInRequest>,
-    events: tonic::Streaming<SessionEvent>,
+    writer: WriteHalf<TlsStream<TcpStream>>,
+    /// What the server sent, frame by frame; a frame read half-way stays in it when a wait for
+    /// a push is given up.
+    events: Events,
     /// A push that arrived while an answer was awaited, kept for [`Session::next_push`].
     pushed: Option<u64>,
-    /// How the session ended, once it did with an error.
+    /// How the session ended, once it did.
     end: Option<Status>,
 }
 
-fn ended() -> Status {
-    Status::unavailable("the session ended")
+fn gone(what: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("the session ended: {what}"))
 }
 
 impl Session {
-    /// Opens a session on `client` with `first` as its first check-in; returns the session and
-    /// the answer to `first`.
-    pub async fn open(
-        client: &mut AgentClient<Channel>,
-        first: CheckInRequest,
-    ) -> Result<(Session, CheckInResponse), Status> {
-        let (tx, rx) = tokio::sync::mpsc::channel(2);
-        tx.send(first).await.map_err(|_| ended())?;
-        let events = client.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
-        let mut session = Session { tx, events, pushed: None, end: None };
-        let answer = session.answer().await?;
-        Ok((session, answer))
+    /// Opens a session to `addr` from `source` when given; `config` is the envoy's mTLS client
+    /// configuration, made to negotiate sessions with [`vigo_proto::session::client_config`].
+    pub async fn connect(
+        addr: &str,
+        source: Option<IpAddr>,
+        config: Arc<rustls::ClientConfig>,
+        timeout: Duration,
+    ) -> Result<Session, Status> {
+        let tls = vigo_proto::session::connect(addr, source, config, timeout)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let (reader, writer) = tokio::io::split(tls);
+        let events: Events = Box::pin(futures::stream::unfold(Some(reader), |reader| async move {
+            let mut reader = reader?;
+            match read_frame::<SessionEvent>(&mut reader, EVENT_BYTES_MAX).await {
+                Ok(Some(event)) => Some((Ok(event), Some(reader))),
+                Ok(None) => None,
+                Err(e) => Some((Err(gone(e)), None)),
+            }
+        }));
+        Ok(Session { writer, events, pushed: None, end: None })
     }
 
-    /// One check-in on the open session.
+    /// One check-in on the session.
     pub async fn check_in(&mut self, req: CheckInRequest) -> Result<CheckInResponse, Status> {
-        self.tx.send(req).await.map_err(|_| ended())?;
-        self.answer().await
+        match self.exchange(session_request::Kind::CheckIn(req)).await? {
+            session_event::Kind::CheckIn(response) => Ok(response),
+            _ => Err(gone("the server answered a check-in with something else")),
+        }
     }
 
-    /// The next answer, keeping a push that comes before it.
-    async fn answer(&mut self) -> Result<CheckInResponse, Status> {
+    /// One page of run reports on the session.
+    pub async fn report(&mut self, req: ReportRequest) -> Result<ReportResponse, Status> {
+        match self.exchange(session_request::Kind::Report(req)).await? {
+            session_event::Kind::Report(response) => Ok(response),
+            _ => Err(gone("the server answered a report with something else")),
+        }
+    }
+
+    /// Sends `request` and waits for its answer, keeping a push that comes before it.
+    async fn exchange(&mut self, request: session_request::Kind) -> Result<session_event::Kind, Status> {
+        if let Some(end) = &self.end {
+            return Err(end.clone());
+        }
+        let frame = SessionRequest { kind: Some(request) };
+        if let Err(e) = write_frame(&mut self.writer, &frame).await {
+            return Err(self.ended(gone(e)));
+        }
         loop {
-            let Some(event) = self.events.message().await? else { return Err(ended()) };
-            match event.kind {
-                Some(session_event::Kind::CheckIn(response)) => return Ok(response),
-                Some(session_event::Kind::PushRequested(push)) => self.pushed = Some(push.stack_version),
-                None => continue,
+            match self.next_event().await? {
+                session_event::Kind::PushRequested(push) => self.pushed = Some(push.stack_version),
+                answer => return Ok(answer),
             }
         }
+    }
+
+    /// The next event other than the end; the end as an error.
+    async fn next_event(&mut self) -> Result<session_event::Kind, Status> {
+        loop {
+            let status = match self.events.next().await {
+                Some(Ok(SessionEvent { kind: Some(session_event::Kind::Ended(ended)) })) => {
+                    Status::new(Code::from(ended.code), ended.message)
+                }
+                Some(Ok(SessionEvent { kind: Some(kind) })) => return Ok(kind),
+                Some(Ok(SessionEvent { kind: None })) => continue,
+                Some(Err(status)) => status,
+                None => gone("the server closed the connection"),
+            };
+            return Err(self.ended(status));
+        }
+    }
+
+    fn ended(&mut self, status: Status) -> Status {
+        self.end = Some(status.clone());
+        status
     }
 
     /// The stack version of the next push; `None` when the session ends.
@@ -60,23 +123,17 @@ impl Session {
             return Some(version);
         }
         loop {
-            match self.events.message().await {
-                Ok(Some(SessionEvent { kind: Some(session_event::Kind::PushRequested(push)) })) => {
-                    return Some(push.stack_version);
-                }
-                Ok(Some(_)) => continue,
-                Ok(None) => return None,
-                Err(status) => {
-                    self.end = Some(status);
-                    return None;
-                }
+            match self.next_event().await {
+                Ok(session_event::Kind::PushRequested(push)) => return Some(push.stack_version),
+                Ok(_) => continue,
+                Err(_) => return None,
             }
         }
     }
 
     /// Whether the server closed the session because it holds as many as it may: the envoy
-    /// should then let go of its connection and check in by calls, each on a new one.
+    /// should then check in without one until a place frees up.
     pub fn refused_for_capacity(&self) -> bool {
-        self.end.as_ref().is_some_and(|s| s.code() == tonic::Code::ResourceExhausted)
+        self.end.as_ref().is_some_and(|s| s.code() == Code::ResourceExhausted)
     }
 }

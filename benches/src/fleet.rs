@@ -66,6 +66,8 @@ pub struct FakeEnvoy {
     pub hostname: String,
     key: SigningKey,
     tls: Arc<rustls::ClientConfig>,
+    /// `tls`, negotiating a session instead of gRPC.
+    session_tls: Arc<rustls::ClientConfig>,
     counter: u64,
     fingerprint: Vec<u8>,
     /// Event index of the list of peers it holds, so the server sends the list only when it changed.
@@ -87,7 +89,7 @@ pub enum Transport {
     Poll,
     /// One held connection: a `CheckIn` call per check-in, pushes on a `Watch`.
     Held,
-    /// One held connection and one `Session` stream carrying check-ins and pushes.
+    /// One held session (a TLS connection of its own, no HTTP/2) carrying check-ins and pushes.
     Session,
 }
 
@@ -114,6 +116,7 @@ impl FakeEnvoy {
             envoy_id: response.envoy_id,
             hostname,
             key: SigningKey::from_bytes(&seed),
+            session_tls: vigo_proto::session::client_config(&tls),
             tls,
             counter: 0,
             fingerprint: Vec::new(),
@@ -131,6 +134,11 @@ impl FakeEnvoy {
     pub fn disconnect(&mut self) {
         self.session = None;
         self.channel = None;
+    }
+
+    /// Whether it holds a session now.
+    pub fn has_session(&self) -> bool {
+        self.session.is_some()
     }
 
     /// Hash of its inventory, once a check-in computed it.
@@ -194,9 +202,8 @@ impl FakeEnvoy {
         if let Some(session) = &mut self.session {
             return session.check_in(req).await.map_err(status);
         }
-        let mut client = self.client(server).await?;
-        let (session, answer) = Session::open(&mut client, req).await.map_err(status)?;
-        self.session = Some(session);
+        let session = Session::connect(server, self.source, self.session_tls.clone(), CALL_TIMEOUT).await;
+        let answer = self.session.insert(session.map_err(status)?).check_in(req).await.map_err(status)?;
         Ok(answer)
     }
 
@@ -205,10 +212,7 @@ impl FakeEnvoy {
     pub async fn next_session_push(&mut self) -> Option<()> {
         let Some(session) = self.session.as_mut() else { return std::future::pending().await };
         if session.next_push().await.is_none() {
-            if self.session.take().is_some_and(|s| s.refused_for_capacity()) {
-                // As `envoy run` does: the server holds all the sessions it may.
-                self.channel = None;
-            }
+            self.session = None;
             return None;
         }
         Some(())
@@ -246,18 +250,7 @@ impl FakeEnvoy {
         let outcome = loop {
             let req = self.signed_request(&traits_hash, std::mem::take(&mut traits_json));
             let sent_traits = !req.traits_json.is_empty();
-            // Traits go with a call of their own, never on a session (see agent.proto).
-            let response = if sent_traits && transport == Transport::Session {
-                // As `envoy run` does: traits go with a call on a connection of their own, closed
-                // after, so ~150 KB never pass through the held one (whose buffers would keep
-                // the size of the largest frame for as long as it lives).
-                let held = self.channel.take();
-                let answered = self.exchange(server, req, Transport::Held).await;
-                self.channel = held;
-                answered?
-            } else {
-                self.exchange(server, req, transport).await?
-            };
+            let response = self.exchange(server, req, transport).await?;
             if !response.servers.is_empty() {
                 self.peers_index = response.peers_index;
             }

@@ -37,10 +37,10 @@ fn fakefleet_over_sessions_checks_in_and_gets_the_publish_pushed() {
     assert!(report["pushes"].as_u64().unwrap() >= 1, "the publish was pushed on the sessions: {report}");
 }
 
-/// Traits sent on a session end it with a clear refusal; sent with a call on the same
-/// connection they are taken, and a new session goes on without them.
+/// Traits travel on a session like a check-in without them: asked for, they are sent on it and
+/// taken, and the same session goes on.
 #[test]
-fn a_session_refuses_traits_and_a_call_takes_them() {
+fn a_session_carries_traits_when_asked_and_goes_on() {
     let (dir, server, grpc, _http) = start_server(&[]);
     let token = token(&dir, &grpc, 1);
 
@@ -56,16 +56,12 @@ fn a_session_refuses_traits_and_a_call_takes_them() {
         let asked = envoy.exchange(&grpc, req, Transport::Session).await.unwrap();
         assert!(asked.send_traits, "unknown traits are asked for on the session");
         let req = envoy.signed_request(&hash, traits.clone());
-        let refused = format!("{:#}", envoy.exchange(&grpc, req, Transport::Session).await.unwrap_err());
-        assert!(refused.contains("InvalidArgument"), "{refused}");
-        assert!(refused.contains("traits are sent with CheckIn, not on a session"), "{refused}");
-
-        let req = envoy.signed_request(&hash, traits.clone());
-        let taken = envoy.exchange(&grpc, req, Transport::Held).await.unwrap();
-        assert!(!taken.send_traits, "traits sent with a call are taken");
+        let taken = envoy.exchange(&grpc, req, Transport::Session).await.unwrap();
+        assert!(!taken.send_traits, "traits sent on the session are taken");
+        assert!(envoy.has_session(), "and the session stays open");
         let req = envoy.signed_request(&hash, String::new());
         let next = envoy.exchange(&grpc, req, Transport::Session).await.unwrap();
-        assert!(!next.send_traits, "and a new session goes on without them");
+        assert!(!next.send_traits, "the next check-in goes without them");
     });
     drop(server);
 }

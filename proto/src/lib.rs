@@ -50,6 +50,7 @@ pub mod spanner {
 pub mod chain;
 pub mod codec;
 pub mod fds;
+pub mod session;
 pub mod signing;
 pub mod tls;
 pub mod token;

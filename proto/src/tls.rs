@@ -266,25 +266,34 @@ fn connector(
         let config = config.clone();
         async move {
             let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
-            let tcp = match source {
-                None => tokio::net::TcpStream::connect(&authority).await?,
-                Some(ip) => {
-                    let remote = tokio::net::lookup_host(&authority)
-                        .await?
-                        .find(|a| a.is_ipv4() == ip.is_ipv4())
-                        .ok_or_else(|| std::io::Error::other(format!("{authority} has no address like {ip}")))?;
-                    let socket =
-                        if ip.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
-                    socket.bind(SocketAddr::new(ip, 0))?;
-                    socket.connect(remote).await?
-                }
-            };
-            tcp.set_nodelay(true)?;
-            let name = ServerName::try_from(SERVER_NAME).expect("static name is valid");
-            let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
+            let tcp = tcp_connect(&authority, source).await?;
+            let tls = tokio_rustls::TlsConnector::from(config).connect(server_name(), tcp).await?;
             Ok::<_, std::io::Error>(TokioIo::new(tls))
         }
     })
+}
+
+/// [`SERVER_NAME`] as rustls takes it.
+pub(crate) fn server_name() -> ServerName<'static> {
+    ServerName::try_from(SERVER_NAME).expect("static name is valid")
+}
+
+/// A TCP connection to `authority` ("host:port"), from `source` when given, Nagle off.
+pub(crate) async fn tcp_connect(authority: &str, source: Option<IpAddr>) -> std::io::Result<tokio::net::TcpStream> {
+    let tcp = match source {
+        None => tokio::net::TcpStream::connect(authority).await?,
+        Some(ip) => {
+            let remote = tokio::net::lookup_host(authority)
+                .await?
+                .find(|a| a.is_ipv4() == ip.is_ipv4())
+                .ok_or_else(|| std::io::Error::other(format!("{authority} has no address like {ip}")))?;
+            let socket = if ip.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+            socket.bind(SocketAddr::new(ip, 0))?;
+            socket.connect(remote).await?
+        }
+    };
+    tcp.set_nodelay(true)?;
+    Ok(tcp)
 }
 
 /// An error and its sources on one line.

@@ -17,18 +17,20 @@ pub mod flusher;
 pub mod http;
 pub mod join;
 pub mod limits;
+pub mod listener;
 pub mod metrics;
 pub mod node;
 pub mod pki;
 pub mod query;
 pub mod services;
+pub mod session;
 pub mod stack;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 use vigo_proto::admin::admin_server::AdminServer;
 use vigo_proto::agent::agent_server::AgentServer;
 
@@ -124,10 +126,7 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 
         source: Some(bound.ip()).filter(|ip| !ip.is_unspecified()),
     };
     let log = Arc::new(LogNode::open_peer(&config.data_dir, setup).await.context("cannot open the event log")?);
-    let tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem))
-        .client_ca_root(Certificate::from_pem(&identity.ca_pem))
-        .client_auth_optional(true);
+    let tls = identity.server_tls()?;
     // One listening socket for both stages of a join.
     let listener = listener.into_std()?;
     if founding {
@@ -139,9 +138,8 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let serving = tokio::spawn(
             Server::builder()
-                .tls_config(tls.clone())?
                 .add_service(peer_server(PeerService::new(log.clone(), None)))
-                .serve_with_incoming_shutdown(accepted(stage), async {
+                .serve_with_incoming_shutdown(listener::accept(stage, tls.clone(), None), async {
                     let _ = stopped.await;
                 }),
         );
@@ -245,9 +243,8 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 
         stopping.stopping.send_replace(true);
     };
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    let incoming = accepted(listener);
+    let incoming = listener::accept(listener, tls, Some(node.clone()));
     Server::builder()
-        .tls_config(tls)?
         .add_service(
             AgentServer::new(services::agent::AgentService::new(node.clone()))
                 .max_decoding_message_size(max)
@@ -292,22 +289,6 @@ pub fn force_recover(data_dir: &std::path::Path) -> anyhow::Result<String> {
     ))
 }
 
-/// The connections `listener` accepts, with Nagle's algorithm off: answers are small and
-/// latency-bound, and with it on, an answer written in two parts waits for the client's delayed
-/// ACK (~40 ms) before its second part leaves.
-fn accepted(
-    listener: tokio::net::TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt;
-    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
-        accepted.inspect(|stream| {
-            if let Err(e) = stream.set_nodelay(true) {
-                tracing::debug!("cannot turn Nagle off on an accepted connection: {e}");
-            }
-        })
-    })
-}
-
 fn peer_server(service: PeerService) -> PeerServer<PeerService> {
     PeerServer::new(service)
         .max_decoding_message_size(vigo_log::limits::PEER_MESSAGE_BYTES_MAX)
@@ -320,20 +301,5 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use tokio_stream::StreamExt;
-
-    #[tokio::test]
-    async fn accepted_connections_have_nagle_off() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut incoming = Box::pin(super::accepted(listener));
-        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let stream = incoming.next().await.unwrap().unwrap();
-        assert!(stream.nodelay().unwrap(), "answers must not wait for the client's delayed ACK");
     }
 }

@@ -88,3 +88,10 @@ pub const GOSSIP_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 /// Seconds an envoy is told to wait when its hand-off to the bolt that owns it failed (that bolt
 /// is down, or gossip has not told it yet that it owns the hostname): a few gossip rounds.
 pub const HAND_OFF_RETRY_S: u32 = 5;
+
+/// Largest frame an envoy may send on a session: a check-in with its traits, or a page of run
+/// reports.
+pub const SESSION_REQUEST_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// How long a new connection may take over its TLS handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

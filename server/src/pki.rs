@@ -120,14 +120,41 @@ impl PeerIdentity {
 
     /// The mTLS client configuration for talking to other peers.
     pub fn peer_client_tls(&self) -> anyhow::Result<std::sync::Arc<rustls::ClientConfig>> {
+        let (chain, key) = self.chain_and_key()?;
+        let ca = rustls::pki_types::CertificateDer::from(self.ca_der.clone());
+        Ok(vigo_proto::tls::client_config(&ca, Some((chain, key)))?)
+    }
+
+    /// The TLS configuration of this peer's listener: its certificate, client certificates
+    /// checked against the CA but not required (enrollment comes without one), and both ALPN
+    /// protocols it serves, gRPC's `h2` and the held session's.
+    pub fn server_tls(&self) -> anyhow::Result<std::sync::Arc<rustls::ServerConfig>> {
+        let (chain, key) = self.chain_and_key()?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(rustls::pki_types::CertificateDer::from(self.ca_der.clone()))?;
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let clients =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(std::sync::Arc::new(roots), provider.clone())
+                .allow_unauthenticated()
+                .build()?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(clients)
+            .with_single_cert(chain, rustls::pki_types::PrivateKeyDer::Pkcs8(key))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), vigo_proto::session::ALPN.to_vec()];
+        Ok(std::sync::Arc::new(config))
+    }
+
+    fn chain_and_key(
+        &self,
+    ) -> anyhow::Result<(Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::PrivatePkcs8KeyDer<'static>)>
+    {
         let chain = pem::parse_many(&self.cert_pem)?
             .into_iter()
             .map(|p| rustls::pki_types::CertificateDer::from(p.into_contents()))
             .collect();
         let key = pem::parse(&self.key_pem).context("server.key is not PEM")?.into_contents();
-        let key = rustls::pki_types::PrivatePkcs8KeyDer::from(key);
-        let ca = rustls::pki_types::CertificateDer::from(self.ca_der.clone());
-        Ok(vigo_proto::tls::client_config(&ca, Some((chain, key)))?)
+        Ok((chain, rustls::pki_types::PrivatePkcs8KeyDer::from(key)))
     }
 }
 

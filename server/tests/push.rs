@@ -53,7 +53,9 @@ fn a_publish_is_pushed_to_a_waiting_envoy_and_the_server_still_stops_cleanly() {
             let _ = tx.send(line);
         }
     });
-    wait_for(&lines, "stack v1", Duration::from_secs(30));
+    // The run's report goes on the session too.
+    let first = wait_for(&lines, "stack v1", Duration::from_secs(30));
+    assert!(first.contains("1 report(s) sent"), "{first}");
     assert_eq!(std::fs::read_to_string(root.join("generation")).unwrap(), "one\n");
 
     generation_stack(&stack_dir, "two");

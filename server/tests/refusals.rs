@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use ed25519_dalek::{Signer, SigningKey};
 use support::{Server, enroll, envoy_once, text, write_stack};
-use vigo_proto::agent::CheckInRequest;
+use tokio::io::AsyncWriteExt;
 use vigo_proto::agent::agent_client::AgentClient;
+use vigo_proto::agent::{CheckInRequest, SessionEvent, SessionRequest, session_event, session_request};
+use vigo_proto::session::{encode_frame, read_frame};
 use vigo_proto::tls::{client_config, connect, ed25519_seed, read_certs, read_key};
 
 const GOOD_MODULE: &str = "resources:\n  - type: file\n    path: /etc/motd\n    template: motd.j2\n";
@@ -147,6 +149,8 @@ struct Forger {
     envoy_id: String,
     key: SigningKey,
     client: AgentClient<tonic::transport::Channel>,
+    /// Its mTLS configuration.
+    tls: std::sync::Arc<rustls::ClientConfig>,
 }
 
 impl Forger {
@@ -158,8 +162,9 @@ impl Forger {
         let key = SigningKey::from_bytes(&ed25519_seed(key_der.secret_pkcs8_der()).unwrap());
         let ca = read_certs(&id.join("ca.crt")).unwrap().remove(0);
         let config = client_config(&ca, Some((read_certs(&id.join("envoy.crt")).unwrap(), key_der))).unwrap();
-        let channel = connect(&server.addr, config, Duration::from_secs(10)).await.unwrap();
-        Forger { envoy_id: meta["envoy_id"].as_str().unwrap().to_string(), key, client: AgentClient::new(channel) }
+        let channel = connect(&server.addr, config.clone(), Duration::from_secs(10)).await.unwrap();
+        let envoy_id = meta["envoy_id"].as_str().unwrap().to_string();
+        Forger { envoy_id, key, client: AgentClient::new(channel), tls: config }
     }
 
     fn request(&self, counter: u64, key: &SigningKey) -> CheckInRequest {
@@ -204,4 +209,68 @@ async fn forged_replayed_and_revoked_check_ins_are_refused() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("revoked"), "{}", text(&out));
     let out = server.cli(&["envoys", "revoke", "web-9.example.com"]);
     assert!(!out.status.success(), "revoking twice is refused");
+}
+
+/// A session of `forger`'s, and the first event the server answers `bytes` with.
+async fn session_answer(server: &Server, forger: &Forger, bytes: &[u8]) -> SessionEvent {
+    let config = vigo_proto::session::client_config(&forger.tls);
+    let mut tls = vigo_proto::session::connect(&server.addr, None, config, Duration::from_secs(10)).await.unwrap();
+    tls.write_all(bytes).await.unwrap();
+    tls.flush().await.unwrap();
+    let answer = read_frame::<SessionEvent>(&mut tls, 1 << 20).await.unwrap().expect("an answer before the close");
+    if matches!(answer.kind, Some(session_event::Kind::Ended(_))) {
+        let closed = read_frame::<SessionEvent>(&mut tls, 1 << 20).await;
+        assert!(matches!(closed, Ok(None) | Err(_)), "nothing comes after the end: {closed:?}");
+    }
+    answer
+}
+
+fn ended(event: &SessionEvent) -> (tonic::Code, &str) {
+    match &event.kind {
+        Some(session_event::Kind::Ended(e)) => (tonic::Code::from(e.code), e.message.as_str()),
+        other => panic!("the session goes on: {other:?}"),
+    }
+}
+
+fn check_in_frame(req: CheckInRequest) -> Vec<u8> {
+    encode_frame(&SessionRequest { kind: Some(session_request::Kind::CheckIn(req)) })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_session_frames_end_the_session_with_the_reason_and_change_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"), "127.0.0.1:0");
+    let envoy_dir = tmp.path().join("envoy");
+    let out = enroll(&server, &server.token(), &envoy_dir, "web-7");
+    assert!(out.status.success(), "{}", text(&out));
+    let forger = Forger::new(&server, &envoy_dir).await;
+
+    let over = session_answer(&server, &forger, &u32::MAX.to_be_bytes()).await;
+    assert_eq!(
+        ended(&over),
+        (
+            tonic::Code::InvalidArgument,
+            "bad session frame: a frame of 4294967295 bytes is over the limit of 8388608 bytes"
+        )
+    );
+    let garbage = session_answer(&server, &forger, &[0, 0, 0, 3, 0xff, 0xff, 0xff]).await;
+    let (code, message) = ended(&garbage);
+    assert_eq!(code, tonic::Code::InvalidArgument);
+    assert!(
+        message.starts_with("bad session frame: a frame of 3 bytes does not decode as SessionRequest: "),
+        "{message}"
+    );
+    let empty = session_answer(&server, &forger, &encode_frame(&SessionRequest { kind: None })).await;
+    assert_eq!(ended(&empty), (tonic::Code::InvalidArgument, "bad session frame: a request with nothing in it"));
+    let other = SigningKey::from_bytes(&[42; 32]);
+    let forged = session_answer(&server, &forger, &check_in_frame(forger.request(10, &other))).await;
+    let (code, message) = ended(&forged);
+    assert_eq!(code, tonic::Code::Unauthenticated, "{message}");
+
+    // None of it counted: the envoy never checked in, and its next counter is still good.
+    let shown = server.cli_json(&["envoys", "show", "web-7"]);
+    assert_eq!(shown["last_seen_ms"], 0, "{shown}");
+    let good = session_answer(&server, &forger, &check_in_frame(forger.request(10, &forger.key))).await;
+    assert!(matches!(good.kind, Some(session_event::Kind::CheckIn(_))), "{good:?}");
+    assert!(server.cli_json(&["envoys", "show", "web-7"])["last_seen_ms"].as_i64().unwrap() > 0);
 }

@@ -8,20 +8,17 @@ use futures::Stream;
 
 use ed25519_dalek::{Signature, VerifyingKey};
 use sha2::{Digest, Sha256};
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status};
 use vigo_proto::agent::agent_server::Agent;
 use vigo_proto::agent::{
     CheckInRequest, CheckInResponse, EnrollRequest, EnrollResponse, GetCaRequest, GetCaResponse, PushRequested,
-    ReportRequest, ReportResponse, SessionEvent, WatchEvent, WatchRequest, session_event, watch_event,
+    ReportRequest, ReportResponse, WatchEvent, WatchRequest, watch_event,
 };
 use vigo_proto::events::EnvoyEnrolled;
 use vigo_proto::events::event::Kind;
 use vigo_proto::token::Token;
 
-use crate::admission::HeldGuard;
-use crate::check_in::Refusal;
 use crate::limits::{HOSTNAME_BYTES_MAX, PUSH_RATE_PER_S, PUSH_SPREAD_MS_MAX};
-use crate::metrics::ReportOutcome;
 use crate::node::{Node, now_ms};
 use crate::services::peer_cert_sha256;
 
@@ -63,134 +60,12 @@ pub fn push_delay(envoy_id: &str, fleet: usize) -> Duration {
     Duration::from_millis(crate::check_in::envoy_point(envoy_id, window_ms))
 }
 
-/// Why a session or watch past the cap is closed.
-const HELD_FULL: &str = "held sessions are at capacity: check in by calls until a place frees up";
-
 /// The stream of an open watch.
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send + 'static>>;
-
-/// The answers and pushes of an open session.
-pub type SessionStream = Pin<Box<dyn Stream<Item = Result<SessionEvent, Status>> + Send + 'static>>;
-
-/// One open session: where it reads check-ins, and when it pushes next.
-struct Session {
-    node: Arc<Node>,
-    peer: Option<[u8; 32]>,
-    incoming: Streaming<CheckInRequest>,
-    versions: tokio::sync::watch::Receiver<u64>,
-    stopping: tokio::sync::watch::Receiver<bool>,
-    /// Set by the first accepted check-in: pushes go to envoys known to be there.
-    envoy_id: Option<String>,
-    push_at: Option<tokio::time::Instant>,
-    ended: bool,
-    /// Counts this session among those held while it lives.
-    _held: HeldGuard,
-    /// Past the cap on held sessions: closed after its first check-in is answered.
-    over_cap: bool,
-    /// The status to end with once the current answer is sent.
-    closing: Option<Status>,
-}
-
-enum SessionStep {
-    Stop,
-    Message(Result<Option<CheckInRequest>, Status>),
-    StackMoved(bool),
-    PushDue,
-}
-
-impl Session {
-    /// The next event to send, or `None` when the session is over.
-    async fn next(mut self) -> Option<(Result<SessionEvent, Status>, Session)> {
-        if self.ended {
-            return None;
-        }
-        if let Some(status) = self.closing.take() {
-            self.ended = true;
-            return Some((Err(status), self));
-        }
-        loop {
-            let push_at = self.push_at;
-            let watching = self.envoy_id.is_some() && push_at.is_none();
-            let step = tokio::select! {
-                _ = self.stopping.wait_for(|s| *s) => SessionStep::Stop,
-                message = self.incoming.message() => SessionStep::Message(message),
-                moved = self.versions.changed(), if watching => SessionStep::StackMoved(moved.is_ok()),
-                _ = tokio::time::sleep_until(push_at.unwrap_or_else(tokio::time::Instant::now)), if push_at.is_some() => {
-                    SessionStep::PushDue
-                }
-            };
-            match step {
-                SessionStep::Stop
-                | SessionStep::Message(Ok(None))
-                | SessionStep::Message(Err(_))
-                | SessionStep::StackMoved(false) => return None,
-                SessionStep::StackMoved(true) => {
-                    let envoy_id = self.envoy_id.as_deref().unwrap_or_default();
-                    let delay = push_delay(envoy_id, self.node.control().n_envoys());
-                    self.push_at = Some(tokio::time::Instant::now() + delay);
-                }
-                SessionStep::PushDue => {
-                    self.push_at = None;
-                    let stack_version = *self.versions.borrow_and_update();
-                    let kind = session_event::Kind::PushRequested(PushRequested { stack_version });
-                    return Some((Ok(SessionEvent { kind: Some(kind) }), self));
-                }
-                SessionStep::Message(Ok(Some(req))) => {
-                    let peer = self.peer;
-                    let answered = self.node.answer_check_in(|ctx| {
-                        if !req.traits_json.is_empty() {
-                            // A stream keeps a buffer the size of its largest message for as long
-                            // as it is open: ~150 KB of traits would stay with every session.
-                            return Err(Refusal::Malformed("traits are sent with CheckIn, not on a session"));
-                        }
-                        crate::check_in::check_in(ctx, peer, &req, now_ms())
-                    });
-                    let answered = crate::bolt::follow_up(&self.node, answered).await;
-                    return Some(match answered {
-                        Ok(response) => {
-                            if self.envoy_id.is_none() {
-                                // Only later publishes push.
-                                self.versions.borrow_and_update();
-                                self.envoy_id = Some(req.envoy_id);
-                            }
-                            if self.over_cap {
-                                self.closing = Some(Status::resource_exhausted(HELD_FULL));
-                            }
-                            (Ok(SessionEvent { kind: Some(session_event::Kind::CheckIn(response)) }), self)
-                        }
-                        Err(refusal) => {
-                            self.ended = true;
-                            (Err(refusal.into()), self)
-                        }
-                    });
-                }
-            }
-        }
-    }
-}
 
 #[tonic::async_trait]
 impl Agent for AgentService {
     type WatchStream = WatchStream;
-    type SessionStream = SessionStream;
-
-    async fn session(&self, request: Request<Streaming<CheckInRequest>>) -> Result<Response<SessionStream>, Status> {
-        let (held, fits) = self.node.held.enter();
-        let session = Session {
-            _held: held,
-            over_cap: !fits,
-            closing: None,
-            node: self.node.clone(),
-            peer: peer_cert_sha256(&request),
-            incoming: request.into_inner(),
-            versions: self.node.stack_version.subscribe(),
-            stopping: self.node.stopping.subscribe(),
-            envoy_id: None,
-            push_at: None,
-            ended: false,
-        };
-        Ok(Response::new(Box::pin(futures::stream::unfold(session, Session::next))))
-    }
 
     async fn get_ca(&self, _request: Request<GetCaRequest>) -> Result<Response<GetCaResponse>, Status> {
         Ok(Response::new(GetCaResponse { ca_cert_der: self.node.pki.ca_der.clone() }))
@@ -263,7 +138,7 @@ impl Agent for AgentService {
         self.node.with_check_in(|ctx| crate::check_in::watch(ctx, peer, &req, now_ms()))?;
         let (held, fits) = self.node.held.enter();
         if !fits {
-            return Err(Status::resource_exhausted(HELD_FULL));
+            return Err(Status::resource_exhausted(crate::session::HELD_FULL));
         }
         // Subscribing marks the current version as seen: only later publishes push.
         let versions = self.node.stack_version.subscribe();
@@ -289,12 +164,7 @@ impl Agent for AgentService {
 
     async fn report_results(&self, request: Request<ReportRequest>) -> Result<Response<ReportResponse>, Status> {
         let peer = peer_cert_sha256(&request);
-        let req = request.into_inner();
-        let answered = self.node.with_check_in(|ctx| crate::check_in::report(ctx, peer, &req, now_ms()));
-        let outcome = if answered.is_ok() { ReportOutcome::Accepted } else { ReportOutcome::Refused };
-        self.node.metrics.record_report(outcome);
-        let accepted = answered?;
-        Ok(Response::new(ReportResponse { accepted }))
+        Ok(Response::new(crate::session::answer_report(&self.node, peer, &request.into_inner())?))
     }
 }
 
