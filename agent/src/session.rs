@@ -86,7 +86,13 @@ impl Session {
         }
         let frame = SessionRequest { kind: Some(request) };
         if let Err(e) = write_frame(&mut self.writer, &frame).await {
-            return Err(self.ended(gone(e)));
+            // The server may have ended the session while this was written: its reason, if it
+            // gave one, says more than the broken connection.
+            let said = tokio::time::timeout(Duration::from_secs(1), self.next_event()).await;
+            return Err(match said {
+                Ok(Err(status)) => status,
+                _ => self.ended(gone(e)),
+            });
         }
         loop {
             match self.next_event().await? {

@@ -36,6 +36,7 @@ fn history(n: u64) -> Vec<EventEnvelope> {
                 sha256: vec![2; 32],
                 author: "admin:bench".into(),
                 message: String::new(),
+                synced_from: String::new(),
             })
         } else {
             Kind::EnvoyEnrolled(EnvoyEnrolled {
@@ -100,6 +101,7 @@ fn apply(c: &mut Criterion) {
                 sha256: vec![2; 32],
                 author: "admin:bench".into(),
                 message: String::new(),
+                synced_from: String::new(),
             }),
             20_000,
         ),

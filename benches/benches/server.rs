@@ -92,6 +92,7 @@ fn control_of(envoy_key: &SigningKey, others: u32) -> ControlState {
         archive,
         author: "admin:bench".into(),
         message: String::new(),
+        synced_from: String::new(),
     }));
     let mut state = ControlState::default();
     for kind in kinds {

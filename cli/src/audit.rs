@@ -27,7 +27,8 @@ fn describe(env: &EventEnvelope) -> (&'static str, Value) {
         Some(Kind::StackPublished(s)) => (
             "StackPublished",
             json!({ "version": s.version, "sha256": hex::encode(&s.sha256), "archive_bytes": s.archive.len(),
-                    "author": s.author, "message": s.message }),
+                    "author": s.author, "message": s.message,
+                    "synced_from": (!s.synced_from.is_empty()).then_some(&s.synced_from) }),
         ),
         Some(Kind::ClusterKeysSealed(k)) => (
             "ClusterKeysSealed",

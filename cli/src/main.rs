@@ -13,10 +13,10 @@ use serde_json::json;
 use tonic::transport::Channel;
 use vigo_proto::admin::admin_client::AdminClient;
 use vigo_proto::admin::{
-    ClusterMember, CompactLogRequest, Compliance, CreateTokenRequest, EnvoyInfo, ListEnvoysRequest, PromotePeerRequest,
-    PublishStackRequest, RemovePeerRequest, ReportComplianceRequest, ReportComplianceResponse, RevokeEnvoyRequest,
-    ServerStatusRequest, ServerStatusResponse, ShowEnvoyRequest, ShowEnvoyResponse, SpannerBolt, SpannerDrainRequest,
-    SpannerReassignRequest, SpannerStatusRequest, SpannerStatusResponse,
+    BoltUnanswered, ClusterMember, CompactLogRequest, Compliance, CreateTokenRequest, EnvoyInfo, ListEnvoysRequest,
+    PromotePeerRequest, PublishStackRequest, RemovePeerRequest, ReportComplianceRequest, ReportComplianceResponse,
+    RevokeEnvoyRequest, ServerStatusRequest, ServerStatusResponse, ShowEnvoyRequest, ShowEnvoyResponse, SpannerBolt,
+    SpannerDrainRequest, SpannerReassignRequest, SpannerStatusRequest, SpannerStatusResponse,
 };
 use vigo_proto::tls::{client_config, connect, read_certs, read_key};
 
@@ -168,6 +168,9 @@ enum EnvoysCommand {
         /// `hostname=web-*`, `compliance=failing` or `last_seen>10m`; repeat for more.
         #[arg(long = "where", value_name = "EXPR")]
         conditions: Vec<String>,
+        /// In a federation: this bolt's envoys only (by default every bolt is asked).
+        #[arg(long)]
+        local: bool,
     },
     /// One envoy: what the server observed of it, its compliance and its traits.
     Show {
@@ -255,10 +258,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", response.version);
             }
         }
-        Command::Envoys(EnvoysCommand::List { conditions }) => {
-            let request = ListEnvoysRequest { r#where: conditions.clone(), linearizable: false };
-            let envoys = client.list_envoys(request).await.map_err(status)?.into_inner().envoys;
-            print_envoys(&envoys, json_out);
+        Command::Envoys(EnvoysCommand::List { conditions, local }) => {
+            let request = ListEnvoysRequest { r#where: conditions.clone(), linearizable: false, local: *local };
+            let listed = client.list_envoys(request).await.map_err(status)?.into_inner();
+            print_envoys(&listed.envoys, json_out);
+            warn_unanswered(&listed.unanswered);
         }
         Command::Envoys(EnvoysCommand::Revoke { envoy, reason }) => {
             let response = client
@@ -277,6 +281,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let shown =
                 client.show_envoy(ShowEnvoyRequest { envoy: envoy.clone() }).await.map_err(status)?.into_inner();
             print_envoy(&shown, json_out)?;
+            warn_unanswered(&shown.unanswered);
         }
         Command::Server(ServerCommand::Status) => {
             let status = client.server_status(ServerStatusRequest {}).await.map_err(status)?.into_inner();
@@ -341,6 +346,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Report(ReportCommand::Compliance) => {
             let report = client.report_compliance(ReportComplianceRequest {}).await.map_err(status)?.into_inner();
             print_compliance(&report, json_out);
+            warn_unanswered(&report.unanswered);
         }
     }
     Ok(())
@@ -420,6 +426,7 @@ fn print_envoy(shown: &ShowEnvoyResponse, json_out: bool) -> anyhow::Result<()> 
         out["last_counter"] = json!(shown.last_counter);
         out["traits_hash"] = json!(hex::encode(&shown.traits_hash));
         out["traits"] = traits;
+        out["unanswered"] = unanswered_json(&shown.unanswered);
         println!("{out}");
         return Ok(());
     }
@@ -545,6 +552,7 @@ fn print_compliance(report: &ReportComplianceResponse, json_out: bool) {
                 "never_reported": report.never_reported,
                 "offline": report.offline,
                 "noncompliant": noncompliant,
+                "unanswered": unanswered_json(&report.unanswered),
             })
         );
         return;
@@ -565,12 +573,25 @@ fn print_compliance(report: &ReportComplianceResponse, json_out: bool) {
     }
 }
 
+/// Names, on stderr, each bolt of the federation that did not answer a fanned-out query: its
+/// envoys are missing from what was printed.
+fn warn_unanswered(unanswered: &[BoltUnanswered]) {
+    for u in unanswered {
+        eprintln!("vigocli: bolt {} did not answer, its envoys are missing: {}", u.bolt, u.reason);
+    }
+}
+
+fn unanswered_json(unanswered: &[BoltUnanswered]) -> serde_json::Value {
+    unanswered.iter().map(|u| json!({ "bolt": u.bolt, "reason": u.reason })).collect()
+}
+
 fn envoy_json(e: &EnvoyInfo) -> serde_json::Value {
     json!({
         "envoy_id": e.envoy_id,
         "hostname": e.hostname,
         "revoked": e.revoked,
         "moved_to": (!e.moved_to.is_empty()).then_some(&e.moved_to),
+        "bolt": (!e.bolt.is_empty()).then_some(&e.bolt),
         "enrolled_index": e.enrolled_index,
         "last_seen_ms": e.last_seen_ms,
         "bundle_fingerprint": hex::encode(&e.bundle_fingerprint),

@@ -119,7 +119,7 @@ impl Client {
     /// Lists this peer's envoys linearizably: recorded as a read of the history up to the event
     /// the list was taken at, with how many envoys it listed and how many of them revoked.
     pub async fn read_envoys(&mut self, peer: usize) -> Outcome {
-        let request = vigo_proto::admin::ListEnvoysRequest { r#where: Vec::new(), linearizable: true };
+        let request = vigo_proto::admin::ListEnvoysRequest { r#where: Vec::new(), linearizable: true, local: false };
         match tokio::time::timeout(OP_TIMEOUT, self.admin.list_envoys(request)).await {
             Ok(Ok(reply)) => {
                 let reply = reply.into_inner();
@@ -152,7 +152,8 @@ impl Client {
     pub async fn projection(&mut self) -> Option<crate::history::Projection> {
         let read = async {
             let compliance = self.admin.report_compliance(vigo_proto::admin::ReportComplianceRequest {}).await?;
-            let request = vigo_proto::admin::ListEnvoysRequest { r#where: Vec::new(), linearizable: false };
+            let request =
+                vigo_proto::admin::ListEnvoysRequest { r#where: Vec::new(), linearizable: false, local: false };
             let envoys = self.admin.list_envoys(request).await?;
             Ok::<_, tonic::Status>((compliance.into_inner().stack_version, envoys.into_inner().envoys))
         };

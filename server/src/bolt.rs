@@ -10,14 +10,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rustls::pki_types::CertificateDer;
+use sha2::Digest;
 use vigo_proto::agent::check_in_response::Reply;
 use vigo_proto::agent::{Backoff, CheckInResponse, Redirect};
 use vigo_proto::events::event::Kind;
 use vigo_proto::events::{
-    BoltDrained, BoltRegistered, EnvoyAdopted, EnvoyHandedOff, EnvoysReassigned, RosterDelta, RosterMerged, RosterStamp,
+    BoltDrained, BoltRegistered, EnvoyAdopted, EnvoyHandedOff, EnvoysReassigned, RosterDelta, RosterMerged,
+    RosterStamp, StackPublished,
 };
 use vigo_proto::spanner::spanner_client::SpannerClient;
-use vigo_proto::spanner::{AdoptRequest, FederateRequest, GossipRequest};
+use vigo_proto::spanner::{AdoptRequest, FederateRequest, FetchStackRequest, GossipRequest, LiveStack};
 use vigo_proto::tls::{client_config, connect, fetch_pinned_ca};
 use vigo_proto::token::{Token, TokenKind};
 use vigo_state::control::roster_of;
@@ -164,6 +166,9 @@ pub async fn gossip(node: Arc<Node>, config: BoltConfig, paths: Paths) {
                     if let (true, Some(delta)) = (leader, reply.roster) {
                         merge_from(&node, &id, delta).await;
                     }
+                    if leader && reply.stack.is_some_and(|theirs| newer_than_ours(&node.log.state(), &theirs)) {
+                        sync_stack(&node, &id, &addrs, tls.clone()).await;
+                    }
                 }
                 Err(e) => {
                     node.bolt_health.failed(&id);
@@ -176,7 +181,7 @@ pub async fn gossip(node: Arc<Node>, config: BoltConfig, paths: Paths) {
 
 /// Makes `call` on the first of a bolt's `addrs` that answers it, each try (connection
 /// included) bounded by [`limits::GOSSIP_CALL_TIMEOUT`]; the last failure when none does.
-async fn ask_bolt<T, F, Fut>(addrs: &[String], tls: Arc<rustls::ClientConfig>, call: F) -> anyhow::Result<T>
+pub(crate) async fn ask_bolt<T, F, Fut>(addrs: &[String], tls: Arc<rustls::ClientConfig>, call: F) -> anyhow::Result<T>
 where
     F: Fn(SpannerClient<tonic::transport::Channel>) -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -194,6 +199,47 @@ where
         }
     }
     Err(last)
+}
+
+/// This bolt's live stack as gossip carries it (version 0: none).
+pub fn live_stack(state: &ControlState) -> LiveStack {
+    match state.stack() {
+        Some(live) => LiveStack { version: live.version, sha256: live.sha256.to_vec() },
+        None => LiveStack::default(),
+    }
+}
+
+/// Whether another bolt's live stack wins over this one's: the greater (version, sha256).
+fn newer_than_ours(state: &ControlState, theirs: &LiveStack) -> bool {
+    let ours = live_stack(state);
+    theirs.version > 0 && (theirs.version, &theirs.sha256) > (ours.version, &ours.sha256)
+}
+
+/// Config sync: takes bolt `from`'s live stack, which is newer than this one's, and publishes it
+/// here at the same version. The stack is validated as a publish is; one that does not validate
+/// here (another build) is not taken, and said so.
+async fn sync_stack(node: &Node, from: &str, addrs: &[String], tls: Arc<rustls::ClientConfig>) {
+    let call = |mut client: SpannerClient<_>| async move { client.fetch_stack(FetchStackRequest {}).await };
+    let fetched = match ask_bolt(addrs, tls, call).await {
+        Ok(fetched) => fetched,
+        Err(e) => return tracing::warn!(bolt = from, "cannot fetch its newer stack: {e:#}"),
+    };
+    if !newer_than_ours(&node.log.state(), &LiveStack { version: fetched.version, sha256: fetched.sha256.clone() }) {
+        return;
+    }
+    if sha2::Sha256::digest(&fetched.archive).as_slice() != fetched.sha256.as_slice() {
+        return tracing::warn!(bolt = from, "its stack does not match its own hash; not taken");
+    }
+    if let Err(errors) = crate::stack::Stack::from_archive(&fetched.archive) {
+        let first = errors.0.first().map(ToString::to_string).unwrap_or_default();
+        return tracing::warn!(bolt = from, version = fetched.version, "its stack does not validate here: {first}");
+    }
+    let version = fetched.version;
+    let event = StackPublished { synced_from: from.to_string(), ..fetched };
+    match node.commit_event(&format!("bolt:{from}"), Kind::StackPublished(event)).await {
+        Ok(_) => tracing::info!(bolt = from, version, "took the federation's newer stack"),
+        Err(e) => tracing::warn!(bolt = from, version, "cannot take its newer stack: {e}"),
+    }
 }
 
 /// Commits what bolt `from`'s roster adds to this one, if anything.

@@ -13,6 +13,7 @@ pub mod bundles;
 pub mod check_in;
 pub mod compliance;
 pub mod error;
+pub mod fanout;
 pub mod flusher;
 pub mod http;
 pub mod join;

@@ -93,5 +93,7 @@ pub const HAND_OFF_RETRY_S: u32 = 5;
 /// reports.
 pub const SESSION_REQUEST_BYTES_MAX: usize = 8 * 1024 * 1024;
 
-/// How long a new connection may take over its TLS handshake.
-pub const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a new connection may take over its TLS handshake. Generous: when a whole fleet
+/// connects at once (a cold start of 10,000 envoys), handshakes queue for seconds on a small
+/// server, and a TLS 1.3 client already counts itself connected while its handshake waits here.
+pub const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);

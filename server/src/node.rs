@@ -117,9 +117,18 @@ impl Node {
     /// task for the whole server, so watches wake on publishes only, not on every event.
     pub async fn follow_stack(self: Arc<Self>) {
         let mut applied = self.log.watch_applied();
+        // The publish's event index, not only its version: a bolt that takes another bolt's
+        // stack at the version it already has (two bolts published at once) pushes it too.
+        let mut pushed_index = None;
         loop {
-            let live = self.control().stack_version();
-            self.stack_version.send_if_modified(|current| std::mem::replace(current, live) != live);
+            let control = self.control();
+            let (live, index) = (control.stack_version(), control.stack().map(|s| s.index));
+            self.stack_version.send_if_modified(|current| {
+                let moved = index != pushed_index;
+                pushed_index = index;
+                *current = live;
+                moved
+            });
             if applied.changed().await.is_err() {
                 return;
             }

@@ -123,6 +123,24 @@ fn eventually_roster(server: &Server, what: &str, limit: Duration, check: impl F
     }
 }
 
+/// Waits until `check(server)` holds; panics naming `what` after `limit`.
+fn eventually(server: &Server, what: &str, limit: Duration, check: impl Fn(&Server) -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check(server) {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The version and sha256 of the last stack `server` published or took.
+fn live_stack(server: &Server) -> (u64, String) {
+    let published = events_of(server, "StackPublished");
+    match published.last() {
+        Some(e) => (e["details"]["version"].as_u64().unwrap(), e["details"]["sha256"].as_str().unwrap().to_string()),
+        None => (0, String::new()),
+    }
+}
+
 fn bolt_ids(status: &Value) -> Vec<String> {
     status["bolts"].as_array().unwrap().iter().map(|b| b["id"].as_str().unwrap().to_string()).collect()
 }
@@ -171,6 +189,23 @@ fn three_bolts_federate_gossip_their_rosters_and_report_a_dead_bolt() {
         });
     }
 
+    // A publish on any bolt reaches the others at the same version; a later one elsewhere too.
+    let stack = tmp.path().join("stack");
+    support::generation_stack(&stack, "one");
+    a.cli_ok(&["config", "publish", stack.to_str().unwrap()]);
+    let first = live_stack(&a);
+    for bolt in [&b, &c] {
+        eventually(bolt, "the publish on eu-1 synced", Duration::from_secs(30), |s| live_stack(s) == first);
+    }
+    support::generation_stack(&stack, "two");
+    assert_eq!(c.cli_ok(&["config", "publish", stack.to_str().unwrap()]).trim(), "2");
+    let second = live_stack(&c);
+    for bolt in [&a, &b] {
+        eventually(bolt, "the publish on ap-1 synced", Duration::from_secs(30), |s| live_stack(s) == second);
+    }
+    // Publishing the live stack again is no change, here or anywhere.
+    assert_eq!(b.cli_ok(&["config", "publish", stack.to_str().unwrap()]).trim(), "2");
+
     // A killed bolt is reported offline; back, it is online again.
     let status =
         eventually_roster(&a, "ap-1 probed", Duration::from_secs(20), |s| health_of(s, "ap-1")["online"] == true);
@@ -181,6 +216,13 @@ fn three_bolts_federate_gossip_their_rosters_and_report_a_dead_bolt() {
         health_of(s, "ap-1")["online"] == false && health_of(s, "ap-1")["failed_probes"].as_u64() >= Some(1)
     });
     assert_eq!(health_of(&roster(&a), "us-1")["online"], true, "the others stay online");
+    // A fleet query names the bolt that did not answer instead of leaving its envoys out quietly.
+    let out = a.cli(&["envoys", "list"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bolt ap-1 did not answer, its envoys are missing"), "{err}");
+    let compliance = a.cli_json(&["report", "compliance"]);
+    assert_eq!(compliance["unanswered"][0]["bolt"], "ap-1", "{compliance}");
     let c = Server::start_with(&c_dir, &c_addr, &c_flags);
     eventually_roster(&a, "ap-1 online again", Duration::from_secs(20), |s| health_of(s, "ap-1")["online"] == true);
     assert_eq!(bolt_ids(&roster(&c)), all);
@@ -188,7 +230,7 @@ fn three_bolts_federate_gossip_their_rosters_and_report_a_dead_bolt() {
 
 /// The hostnames `server` holds as active envoys, and the ones it handed off (to which bolt).
 fn held(server: &Server) -> (Vec<String>, Vec<(String, String)>) {
-    let list = server.cli_json(&["envoys", "list"]);
+    let list = server.cli_json(&["envoys", "list", "--local"]);
     let (mut active, mut moved) = (Vec::new(), Vec::new());
     for e in list.as_array().unwrap() {
         let hostname = e["hostname"].as_str().unwrap().to_string();
@@ -213,12 +255,13 @@ fn envoys_land_on_the_owning_bolt_and_a_reassign_moves_them_at_their_next_check_
     for bolt in [&eu, &us] {
         eventually_roster(bolt, "both bolts known", Duration::from_secs(30), |s| bolt_ids(s) == ["eu-1", "us-1"]);
     }
-    // Config sync is not built yet: the same stack is published on both bolts.
+    // Published on eu-1, the stack reaches us-1 by config sync: same version, same content.
     let stack = tmp.path().join("stack");
     support::generation_stack(&stack, "7");
-    for bolt in [&eu, &us] {
-        bolt.cli_ok(&["config", "publish", stack.to_str().unwrap()]);
-    }
+    eu.cli_ok(&["config", "publish", stack.to_str().unwrap()]);
+    let published = live_stack(&eu);
+    eventually(&us, "us-1 takes eu-1's stack", Duration::from_secs(30), |us| live_stack(us) == published);
+    assert_eq!(events_of(&us, "StackPublished")[0]["details"]["synced_from"], "eu-1");
 
     // Both enroll through eu-1; the one whose hostname us-1 owns lands there.
     let tokens = eu.cli_ok(&["token", "create", "--uses", "2"]);
@@ -228,6 +271,21 @@ fn envoys_land_on_the_owning_bolt_and_a_reassign_moves_them_at_their_next_check_
         assert!(out.status.success(), "{}", text(&out));
     }
     assert_eq!(held(&us), (vec!["web-1.us".to_string()], vec![]));
+    // Asked of either bolt, the fleet is one: each envoy once, from the bolt that holds it.
+    for bolt in [&eu, &us] {
+        let listed = bolt.cli_json(&["envoys", "list"]);
+        let rows: Vec<(&str, &str)> = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["hostname"].as_str().unwrap(), e["bolt"].as_str().unwrap()))
+            .collect();
+        assert_eq!(rows, [("web-1.us", "us-1"), ("web-2.eu", "eu-1")], "{listed}");
+        assert_eq!(bolt.cli_json(&["envoys", "show", "web-1.us"])["bolt"], "us-1");
+        let compliance = bolt.cli_json(&["report", "compliance"]);
+        assert_eq!(compliance["envoys"], 2, "{compliance}");
+        assert_eq!(compliance["unanswered"], serde_json::json!([]), "{compliance}");
+    }
     assert_eq!(held(&eu), (vec!["web-2.eu".to_string()], vec![("web-1.us".to_string(), "us-1".to_string())]));
     let servers = |dir: &std::path::Path| -> Value {
         let meta: Value =

@@ -397,10 +397,17 @@ impl ControlState {
                 }
             }
             Kind::StackPublished(s) => {
-                hash32(&s.sha256).ok_or(ControlError::Malformed("sha256 must be 32 bytes"))?;
-                // 0 in a proposal: "the next version", filled in when it applies (`assign`).
+                let sha256 = hash32(&s.sha256).ok_or(ControlError::Malformed("sha256 must be 32 bytes"))?;
                 let live = self.stack_version();
-                if s.version != 0 && s.version != live + 1 {
+                if !s.synced_from.is_empty() {
+                    // Another bolt's stack: taken at its version, when it is the greater one.
+                    check_bolt_id(&s.synced_from)?;
+                    let ours = self.stack.as_ref().map(|l| (l.version, l.sha256));
+                    if s.version == 0 || ours.is_some_and(|ours| (s.version, sha256) <= ours) {
+                        return Err(ControlError::StackVersion { live, found: s.version });
+                    }
+                } else if s.version != 0 && s.version != live + 1 {
+                    // 0 in a proposal: "the next version", filled in when it applies (`assign`).
                     return Err(ControlError::StackVersion { live, found: s.version });
                 }
             }
@@ -946,6 +953,7 @@ mod tests {
                 sha256: vec![0; 32],
                 author: "a".into(),
                 message: "m".into(),
+                synced_from: String::new(),
             }),
             Kind::StackPublished(StackPublished {
                 version: 3,
@@ -953,6 +961,7 @@ mod tests {
                 sha256: vec![0; 32],
                 author: "a".into(),
                 message: "m".into(),
+                synced_from: String::new(),
             }),
         ]);
         assert_eq!(
@@ -968,6 +977,41 @@ mod tests {
             ]
         );
         assert_eq!(state.token(&[1; 32]).unwrap().uses_left, 0);
+    }
+
+    fn stack(version: u64, sha: u8, synced_from: &str) -> Kind {
+        Kind::StackPublished(StackPublished {
+            version,
+            archive: vec![sha],
+            sha256: vec![sha; 32],
+            author: "a".into(),
+            message: "m".into(),
+            synced_from: synced_from.into(),
+        })
+    }
+
+    #[test]
+    fn a_synced_stack_is_taken_only_when_its_version_and_hash_are_greater() {
+        let (state, refusals) = run(vec![
+            stack(1, 5, ""),
+            // Another bolt's, further on: taken at its version.
+            stack(4, 1, "us-1"),
+            // Older, or the same: refused.
+            stack(3, 9, "us-1"),
+            stack(4, 1, "us-1"),
+            // The same version with a greater hash wins (two bolts published at once).
+            stack(4, 2, "ap-1"),
+            stack(4, 0, "ap-1"),
+            stack(0, 3, "ap-1"),
+            stack(5, 3, "not a bolt id"),
+            // A local publish goes on from there.
+            stack(5, 7, ""),
+        ]);
+        assert_eq!(state.stack_version(), 5);
+        assert_eq!(state.stack().unwrap().sha256, [7; 32]);
+        assert_eq!(refusals.len(), 5, "{refusals:?}");
+        assert!(refusals[..4].iter().all(|r| r.starts_with("stack version")), "{refusals:?}");
+        assert!(refusals[4].contains("bolt"), "{refusals:?}");
     }
 
     #[test]

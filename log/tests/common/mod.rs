@@ -23,6 +23,7 @@ pub fn stack(version: u64) -> EventProposal {
         sha256: vec![version as u8; 32],
         author: "admin:test".into(),
         message: format!("publish {version}"),
+        synced_from: String::new(),
     }))
 }
 

@@ -8,24 +8,23 @@ use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 use vigo_proto::admin::admin_server::Admin;
 use vigo_proto::admin::{
-    CompactLogRequest, CompactLogResponse, Compliance, CreateTokenRequest, CreateTokenResponse, EnvoyCompliance,
-    EnvoyInfo, ListEnvoysRequest, ListEnvoysResponse, PromotePeerRequest, PromotePeerResponse, PublishStackRequest,
-    PublishStackResponse, ReadHistoryRequest, ReadHistoryResponse, RemovePeerRequest, RemovePeerResponse,
-    ReportComplianceRequest, ReportComplianceResponse, RevokeEnvoyRequest, RevokeEnvoyResponse, ServerStatusRequest,
-    ServerStatusResponse, ShowEnvoyRequest, ShowEnvoyResponse, SpannerBolt, SpannerDrainRequest,
-    SpannerReassignRequest, SpannerRoute, SpannerStatusRequest, SpannerStatusResponse, SpannerWriteResponse,
+    CompactLogRequest, CompactLogResponse, CreateTokenRequest, CreateTokenResponse, ListEnvoysRequest,
+    ListEnvoysResponse, PromotePeerRequest, PromotePeerResponse, PublishStackRequest, PublishStackResponse,
+    ReadHistoryRequest, ReadHistoryResponse, RemovePeerRequest, RemovePeerResponse, ReportComplianceRequest,
+    ReportComplianceResponse, RevokeEnvoyRequest, RevokeEnvoyResponse, ServerStatusRequest, ServerStatusResponse,
+    ShowEnvoyRequest, ShowEnvoyResponse, SpannerBolt, SpannerDrainRequest, SpannerReassignRequest, SpannerRoute,
+    SpannerStatusRequest, SpannerStatusResponse, SpannerWriteResponse,
 };
 use vigo_proto::events::event::Kind;
 use vigo_proto::events::{EnvoyRevoked, StackPublished, TokenCreated};
 use vigo_proto::peer::change_membership_request::Change;
 use vigo_proto::peer::{ChangeMembershipRequest, PeerStatus, PeerStatusRequest};
 use vigo_proto::token::{Token, TokenKind};
-use vigo_state::{ControlError, EnvoyEntry, EnvoyObservation};
+use vigo_state::ControlError;
 
 use crate::limits::{HISTORY_PAGE_MAX, STACK_ARCHIVE_BYTES_MAX};
 use crate::node::{Node, now_ms};
 use crate::pki::{ADMIN_CN_PREFIX, common_name};
-use crate::query::{Query, StoreView, Subject};
 use crate::stack::Stack;
 
 /// The admin service.
@@ -127,6 +126,7 @@ impl Admin for AdminService {
             sha256: sha256.clone(),
             author: actor.clone(),
             message: req.message,
+            synced_from: String::new(),
         };
         let env = self.node.commit_event(&actor, Kind::StackPublished(event)).await?;
         let version = match env.event.as_ref().and_then(|e| e.kind.as_ref()) {
@@ -139,56 +139,12 @@ impl Admin for AdminService {
 
     async fn list_envoys(&self, request: Request<ListEnvoysRequest>) -> Result<Response<ListEnvoysResponse>, Status> {
         admin(&request)?;
-        let query =
-            Query::parse(&request.get_ref().r#where, now_ms()).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        if request.get_ref().linearizable {
-            self.node.log.read_barrier().await.map_err(crate::error::log_status)?;
-        }
-        let control = self.node.control();
-        let live = control.stack_version();
-        let store = self.node.fleet.trait_store();
-        let envoys = control
-            .envoys()
-            .filter_map(|e| {
-                let obs = self.node.fleet.get(&e.envoy_id).unwrap_or_default();
-                if !query.is_empty() {
-                    // Traits are read in place, held only while this envoy is looked at.
-                    let held = self.node.fleet.traits_if_current(&e.envoy_id, &obs.traits_hash);
-                    let subject = Subject {
-                        hostname: &e.hostname,
-                        last_seen_ms: obs.last_seen_ms,
-                        compliance: crate::compliance::of(obs.last_run.as_ref(), live),
-                        traits: held.as_ref().map(|held| StoreView { store, id: held.root() }),
-                    };
-                    if !query.matches(&subject) {
-                        return None;
-                    }
-                }
-                Some(envoy_info(e, &obs))
-            })
-            .collect();
-        let (as_of_index, as_of_hash) = (control.last_index(), control.last_hash().to_vec());
-        Ok(Response::new(ListEnvoysResponse { envoys, as_of_index, as_of_hash }))
+        Ok(Response::new(crate::fanout::list(&self.node, request.into_inner()).await?))
     }
 
     async fn show_envoy(&self, request: Request<ShowEnvoyRequest>) -> Result<Response<ShowEnvoyResponse>, Status> {
         admin(&request)?;
-        let req = request.into_inner();
-        let control = self.node.control();
-        let envoy = control
-            .envoy_by_hostname(&req.envoy)
-            .or_else(|| control.envoy(&req.envoy))
-            .ok_or_else(|| Status::not_found(format!("unknown envoy {:?}", req.envoy)))?;
-        let obs = self.node.fleet.get(&envoy.envoy_id).unwrap_or_default();
-        let held = self.node.fleet.traits_if_current(&envoy.envoy_id, &obs.traits_hash);
-        let traits_json = held.map(|held| held.store().to_json(held.root())).unwrap_or_default();
-        Ok(Response::new(ShowEnvoyResponse {
-            envoy: Some(envoy_info(envoy, &obs)),
-            compliance: crate::compliance::of(obs.last_run.as_ref(), control.stack_version()) as i32,
-            traits_json,
-            traits_hash: obs.traits_hash,
-            last_counter: obs.last_counter,
-        }))
+        Ok(Response::new(crate::fanout::show(&self.node, request.into_inner()).await?))
     }
 
     async fn server_status(
@@ -336,34 +292,7 @@ impl Admin for AdminService {
         request: Request<ReportComplianceRequest>,
     ) -> Result<Response<ReportComplianceResponse>, Status> {
         admin(&request)?;
-        let control = self.node.control();
-        let live = control.stack_version();
-        let online_since = self.node.online_since_ms(now_ms());
-        let mut report = ReportComplianceResponse { stack_version: live, ..Default::default() };
-        for envoy in control.envoys().filter(|e| e.is_active()) {
-            let obs = self.node.fleet.get(&envoy.envoy_id).unwrap_or_default();
-            let compliance = crate::compliance::of(obs.last_run.as_ref(), live);
-            report.envoys += 1;
-            report.offline += u32::from(obs.last_seen_ms < online_since);
-            *match compliance {
-                Compliance::Compliant => &mut report.compliant,
-                Compliance::Failing => &mut report.failing,
-                Compliance::Drifted => &mut report.drifted,
-                Compliance::Behind => &mut report.behind,
-                Compliance::NeverReported | Compliance::Unspecified => &mut report.never_reported,
-            } += 1;
-            if compliance != Compliance::Compliant {
-                report.noncompliant.push(EnvoyCompliance {
-                    envoy_id: envoy.envoy_id.clone(),
-                    hostname: envoy.hostname.clone(),
-                    compliance: compliance as i32,
-                    last_run: obs.last_run,
-                    last_seen_ms: obs.last_seen_ms,
-                });
-            }
-        }
-        report.noncompliant.sort_by(|a, b| a.hostname.cmp(&b.hostname));
-        Ok(Response::new(report))
+        Ok(Response::new(crate::fanout::compliance(&self.node).await))
     }
 
     async fn revoke_envoy(
@@ -421,20 +350,5 @@ impl AdminService {
             Ok(reply) => Ok(reply.into_inner()),
             Err(status) => Err(status.message().to_string()),
         }
-    }
-}
-
-/// What `ListEnvoys` and `ShowEnvoy` say of one envoy.
-fn envoy_info(envoy: &EnvoyEntry, obs: &EnvoyObservation) -> EnvoyInfo {
-    EnvoyInfo {
-        envoy_id: envoy.envoy_id.clone(),
-        hostname: envoy.hostname.clone(),
-        revoked: envoy.revoked_index.is_some(),
-        enrolled_index: envoy.enrolled_index,
-        last_seen_ms: obs.last_seen_ms,
-        bundle_fingerprint: obs.bundle_fingerprint.clone(),
-        last_run: obs.last_run,
-        reports_received: obs.reports_received,
-        moved_to: envoy.moved_to.clone().unwrap_or_default(),
     }
 }

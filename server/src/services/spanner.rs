@@ -5,11 +5,16 @@
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
+use vigo_proto::admin::{
+    ListEnvoysRequest, ListEnvoysResponse, ReportComplianceRequest, ReportComplianceResponse, ShowEnvoyRequest,
+    ShowEnvoyResponse,
+};
+use vigo_proto::events::StackPublished;
 use vigo_proto::events::event::Kind;
 use vigo_proto::events::{BoltFederated, RosterMerged};
 use vigo_proto::spanner::spanner_server::Spanner;
 use vigo_proto::spanner::{
-    AdoptRequest, AdoptResponse, FederateRequest, FederateResponse, GossipRequest, GossipResponse,
+    AdoptRequest, AdoptResponse, FederateRequest, FederateResponse, FetchStackRequest, GossipRequest, GossipResponse,
 };
 use vigo_proto::token::{Token, TokenKind};
 use vigo_state::control::{check_bolt_id, roster_of};
@@ -83,7 +88,8 @@ impl Spanner for SpannerService {
         }
         let state = self.node.log.state();
         let envoys = state.n_active_envoys() as u64;
-        Ok(Response::new(GossipResponse { bolt, roster: Some(state.roster().to_delta()), envoys }))
+        let stack = Some(crate::bolt::live_stack(&state));
+        Ok(Response::new(GossipResponse { bolt, roster: Some(state.roster().to_delta()), envoys, stack }))
     }
 
     async fn adopt(&self, request: Request<AdoptRequest>) -> Result<Response<AdoptResponse>, Status> {
@@ -111,5 +117,41 @@ impl Spanner for SpannerService {
         let from = adopted.from.clone();
         self.node.commit_event(&format!("bolt:{from}"), Kind::EnvoyAdopted(adopted)).await?;
         Ok(Response::new(AdoptResponse {}))
+    }
+
+    async fn list_envoys(&self, request: Request<ListEnvoysRequest>) -> Result<Response<ListEnvoysResponse>, Status> {
+        peer_of_a_bolt(&request)?;
+        self.bolt()?;
+        Ok(Response::new(crate::fanout::local_list(&self.node, request.get_ref()).await?))
+    }
+
+    async fn show_envoy(&self, request: Request<ShowEnvoyRequest>) -> Result<Response<ShowEnvoyResponse>, Status> {
+        peer_of_a_bolt(&request)?;
+        self.bolt()?;
+        Ok(Response::new(crate::fanout::local_show(&self.node, request.get_ref())?))
+    }
+
+    async fn report_compliance(
+        &self,
+        request: Request<ReportComplianceRequest>,
+    ) -> Result<Response<ReportComplianceResponse>, Status> {
+        peer_of_a_bolt(&request)?;
+        self.bolt()?;
+        Ok(Response::new(crate::fanout::local_compliance(&self.node)))
+    }
+
+    async fn fetch_stack(&self, request: Request<FetchStackRequest>) -> Result<Response<StackPublished>, Status> {
+        peer_of_a_bolt(&request)?;
+        self.bolt()?;
+        let state = self.node.log.state();
+        let live = state.stack().ok_or_else(|| Status::not_found("this bolt has no stack published"))?;
+        Ok(Response::new(StackPublished {
+            version: live.version,
+            archive: live.archive.to_vec(),
+            sha256: live.sha256.to_vec(),
+            author: live.author.clone(),
+            message: live.message.clone(),
+            synced_from: String::new(),
+        }))
     }
 }
