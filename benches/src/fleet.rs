@@ -30,13 +30,15 @@ pub struct Cluster {
     pub server: String,
     /// The cluster CA.
     pub ca: CertificateDer<'static>,
+    /// Envoy `i` enrolls as this followed by `i` (a bolt of a federation owns its prefix).
+    pub hostname_prefix: String,
 }
 
 impl Cluster {
     /// Fetches the CA and trusts it only if `token` pins it, as `envoy enroll` does.
     pub async fn discover(server: &str, token: &str) -> anyhow::Result<Self> {
         let ca_der = vigo_agent::enroll::fetch_pinned_ca(server, &Token::parse(token)?).await?;
-        Ok(Self { server: server.to_string(), ca: CertificateDer::from(ca_der) })
+        Ok(Self { server: server.to_string(), ca: CertificateDer::from(ca_der), hostname_prefix: "fleet-".into() })
     }
 
     /// A channel for enrollments (server-authenticated TLS, no client certificate).
@@ -102,7 +104,7 @@ impl FakeEnvoy {
         index: u32,
         source: Option<IpAddr>,
     ) -> anyhow::Result<(Self, VerifyingKey)> {
-        let hostname = format!("fleet-{index}");
+        let hostname = format!("{}{index}", cluster.hostname_prefix);
         let mut seed = [0u8; 32];
         rand::rng().fill_bytes(&mut seed);
         let response = vigo_agent::enroll::request_enrollment(channel, token, &hostname, &seed).await?;

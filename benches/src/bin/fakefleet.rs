@@ -72,6 +72,9 @@ struct Args {
     /// Also write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Envoy N enrolls as PREFIX followed by N: against a bolt, a prefix its patterns own.
+    #[arg(long, default_value = "fleet-")]
+    hostname_prefix: String,
     /// A name for the run, shown in the table.
     #[arg(long, default_value = "")]
     label: String,
@@ -245,7 +248,8 @@ async fn run(args: Args) -> anyhow::Result<Report> {
         .as_str()
         .context("token create answered no token")?
         .to_string();
-    let cluster = Cluster::discover(&args.server, &token).await?;
+    let mut cluster = Cluster::discover(&args.server, &token).await?;
+    cluster.hostname_prefix = args.hostname_prefix.clone();
 
     // Enrollment, through a few shared channels: each one a committed event.
     let enroll_started = Instant::now();
