@@ -365,7 +365,8 @@ fn print_roster(roster: &SpannerStatusResponse, only: Option<&str>, json_out: bo
             json!({ "online": b.online, "failed_probes": b.failed_probes, "probe_ms": b.probe_ms, "envoys": b.envoys })
         });
         json!({ "id": b.id, "addrs": b.addrs, "patterns": b.patterns,
-                "drained_to": (!b.drained_to.is_empty()).then_some(&b.drained_to), "this": b.id == roster.bolt,
+                "drained_to": (!b.drained_to.is_empty()).then_some(&b.drained_to),
+                "drained_automatically": b.drained_automatically, "this": b.id == roster.bolt,
                 "health": health })
     };
     if json_out {
@@ -392,7 +393,8 @@ fn print_roster(roster: &SpannerStatusResponse, only: Option<&str>, json_out: bo
         println!("  addresses: {}", b.addrs.join(", "));
         println!("  owns: {}", if b.patterns.is_empty() { "(no patterns)".to_string() } else { b.patterns.join(", ") });
         if !b.drained_to.is_empty() {
-            println!("  drained to: {}", b.drained_to);
+            let how = if b.drained_automatically { " (auto-drain, until it answers again)" } else { "" };
+            println!("  drained to: {}{how}", b.drained_to);
         }
         match (b.probed, b.online) {
             (false, _) => println!("  health: not probed yet"),

@@ -40,6 +40,8 @@ pub struct BoltConfig {
     pub patterns: Vec<String>,
     /// Federate with the bolt at this address, with this `vgf1_` token (on an empty data dir).
     pub federate: Option<(String, String)>,
+    /// Auto-drain a bolt after this many failed probes in a row.
+    pub auto_drain_after: Option<u32>,
 }
 
 /// How the other bolts answered this peer's probes (soft state: not on the log; every peer of
@@ -175,6 +177,52 @@ pub async fn gossip(node: Arc<Node>, config: BoltConfig, paths: Paths) {
                     tracing::debug!(bolt = id, "gossip failed: {e:#}");
                 }
             }
+        }
+        if let (true, Some(after)) = (leader, config.auto_drain_after) {
+            auto_drain(&node, &config.id, after).await;
+        }
+    }
+}
+
+/// Auto-drain, on the leader after each round of probes: a bolt that failed `after` probes in a
+/// row and is not drained is drained (automatically) to the healthy, undrained bolt holding the
+/// fewest envoys, this one included; a bolt drained automatically that answers again has its
+/// drain lifted, so it takes its envoys back. Every bolt's leader does this; the roster's
+/// last-writer-wins registers settle bolts that chose differently.
+async fn auto_drain(node: &Node, me: &str, after: u32) {
+    let state = node.log.state();
+    let roster = state.roster();
+    let envoys_of = |id: &str| {
+        if id == me { state.n_active_envoys() as u64 } else { node.bolt_health.get(id).map_or(0, |h| h.envoys) }
+    };
+    let healthy =
+        |id: &str| roster.drain_of(id).is_none() && (id == me || node.bolt_health.get(id).is_some_and(|h| h.online));
+    for (id, _) in roster.bolts().filter(|(id, _)| id.as_str() != me) {
+        let Some(health) = node.bolt_health.get(id) else { continue };
+        let to = match roster.drain_of(id) {
+            None if health.failed_probes >= after => {
+                let target = roster
+                    .bolts()
+                    .map(|(other, _)| other.as_str())
+                    .filter(|other| other != id && healthy(other))
+                    .min_by_key(|other| (envoys_of(other), other.to_string()));
+                match target {
+                    Some(target) => target.to_string(),
+                    None => continue,
+                }
+            }
+            Some(drain) if drain.automatic && health.online => String::new(),
+            _ => continue,
+        };
+        let actor = format!("bolt:{me}:auto-drain");
+        let written = roster_write(node, &actor, |stamp| {
+            Kind::BoltDrained(BoltDrained { bolt: id.clone(), to: to.clone(), stamp: Some(stamp), automatic: true })
+        })
+        .await;
+        match (written, to.as_str()) {
+            (Ok(_), "") => tracing::warn!(bolt = id, "auto-drain: the bolt answers again; its drain is lifted"),
+            (Ok(_), to) => tracing::warn!(bolt = id, to, failed_probes = health.failed_probes, "auto-drain: drained"),
+            (Err(e), _) => tracing::warn!(bolt = id, "auto-drain: cannot write the drain: {e}"),
         }
     }
 }
@@ -335,6 +383,7 @@ pub async fn drain(node: &Node, actor: &str, bolt: &str, to: Option<&str>) -> Re
             bolt: bolt.to_string(),
             to: to.unwrap_or_default().to_string(),
             stamp: Some(stamp),
+            automatic: false,
         })
     })
     .await

@@ -70,6 +70,10 @@ enum Command {
         /// The federation token (`vgf1_…`).
         #[arg(long, requires = "federate")]
         federation_token: Option<String>,
+        /// Auto-drain: a bolt that failed this many probes in a row (one every 2 s) has its
+        /// envoys sent to the healthy bolt holding the fewest, until it answers again.
+        #[arg(long, requires = "bolt", value_parser = clap::value_parser!(u32).range(1..))]
+        auto_drain_after: Option<u32>,
     },
     /// FORCED RECOVERY, for a cluster that has lost its quorum for good: make this stopped peer
     /// the sole voter. Writes the lost peers committed without it are gone; they must never run
@@ -109,6 +113,7 @@ fn main() {
             bolt_patterns,
             federate,
             federation_token,
+            auto_drain_after,
         } => {
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
             let flush_interval = std::time::Duration::from_secs_f64(flush_interval);
@@ -127,6 +132,7 @@ fn main() {
                         id,
                         patterns: bolt_patterns,
                         federate: federate.zip(federation_token),
+                        auto_drain_after,
                     }),
                 },
                 shutdown_signal(),

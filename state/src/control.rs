@@ -664,7 +664,7 @@ impl ControlState {
                 self.router = Arc::default();
                 let stamp = roster_stamp(d.stamp.as_ref()).expect("validated");
                 let to = (!d.to.is_empty()).then_some(d.to.as_str());
-                Arc::make_mut(&mut self.roster).drain(&d.bolt, to, stamp);
+                Arc::make_mut(&mut self.roster).drain(&d.bolt, to, d.automatic, stamp);
             }
         }
         self.last_index = index;
@@ -723,7 +723,7 @@ pub fn roster_of(delta: &RosterDelta) -> Result<Roster, ControlError> {
         if let Some(to) = to {
             check_bolt_id(to)?;
         }
-        roster.drain(&d.bolt, to, roster_stamp(d.stamp.as_ref())?);
+        roster.drain(&d.bolt, to, d.automatic, roster_stamp(d.stamp.as_ref())?);
     }
     Ok(roster)
 }
@@ -891,7 +891,7 @@ mod tests {
             Kind::EnvoysReassigned(EnvoysReassigned { hostname: hostname.into(), to: to.into(), stamp: stamp(ms) })
         };
         let drain = |from: &str, to: &str, ms| {
-            Kind::BoltDrained(BoltDrained { bolt: from.into(), to: to.into(), stamp: stamp(ms) })
+            Kind::BoltDrained(BoltDrained { bolt: from.into(), to: to.into(), stamp: stamp(ms), automatic: false })
         };
         let (state, refusals) = run(vec![
             reassign("web-*", "us-1", 1),

@@ -97,7 +97,16 @@ pub struct Roster {
     bolts: BTreeMap<BoltId, Reg<Option<BoltEntry>>>,
     health: BTreeMap<BoltId, Reg<Health>>,
     overrides: BTreeMap<String, Reg<Option<BoltId>>>,
-    drains: BTreeMap<BoltId, Reg<Option<BoltId>>>,
+    drains: BTreeMap<BoltId, Reg<Option<Drain>>>,
+}
+
+/// Where a drained bolt's envoys go, and whether auto-drain made it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Drain {
+    /// The bolt its envoys go to.
+    pub to: BoltId,
+    /// Made by auto-drain after failed probes (lifted by it again), not by an operator.
+    pub automatic: bool,
 }
 
 /// Writes `val` at `stamp` into the register under `key`, keeping whichever is newer.
@@ -139,8 +148,9 @@ impl Roster {
     }
 
     /// `drain`: the envoys bolt `from` owns go to bolt `to`; `None` ends the drain.
-    pub fn drain(&mut self, from: &str, to: Option<&str>, stamp: Stamp) {
-        write(&mut self.drains, from.to_string(), to.map(str::to_string), stamp);
+    pub fn drain(&mut self, from: &str, to: Option<&str>, automatic: bool, stamp: Stamp) {
+        let drain = to.map(|to| Drain { to: to.to_string(), automatic });
+        write(&mut self.drains, from.to_string(), drain, stamp);
     }
 
     /// The bolts that exist, by id.
@@ -165,6 +175,11 @@ impl Roster {
 
     /// Where bolt `from` is drained to, if it is.
     pub fn drained_to(&self, from: &str) -> Option<&BoltId> {
+        self.drain_of(from).map(|d| &d.to)
+    }
+
+    /// Bolt `from`'s drain, if it is drained.
+    pub fn drain_of(&self, from: &str) -> Option<&Drain> {
         self.drains.get(from).and_then(|reg| reg.val.as_ref())
     }
 
@@ -276,8 +291,8 @@ impl Roster {
             delta.reassigned.push(EnvoysReassigned { hostname: hostname.clone(), to, stamp: stamp(&reg.marker) });
         }
         for (bolt, reg) in &self.drains {
-            let to = reg.val.clone().unwrap_or_default();
-            delta.drains.push(BoltDrained { bolt: bolt.clone(), to, stamp: stamp(&reg.marker) });
+            let (to, automatic) = reg.val.as_ref().map_or((String::new(), false), |d| (d.to.clone(), d.automatic));
+            delta.drains.push(BoltDrained { bolt: bolt.clone(), to, stamp: stamp(&reg.marker), automatic });
         }
         delta
     }
@@ -363,13 +378,13 @@ mod tests {
         assert_eq!(Router::new(&roster).owner("web-7.eu.example.com"), Some("eu-2"), "exact beats glob");
 
         // eu-2 drains to eu-1, eu-1 to us-1: its envoys end on us-1; a circle stops where it closes.
-        roster.drain("eu-2", Some("eu-1"), clock.tick(6));
-        roster.drain("eu-1", Some("us-1"), clock.tick(7));
+        roster.drain("eu-2", Some("eu-1"), false, clock.tick(6));
+        roster.drain("eu-1", Some("us-1"), false, clock.tick(7));
         assert_eq!(Router::new(&roster).owner("db-1.eu.example.com"), Some("us-1"));
-        roster.drain("us-1", Some("eu-2"), clock.tick(8));
+        roster.drain("us-1", Some("eu-2"), false, clock.tick(8));
         assert!(Router::new(&roster).owner("db-1.eu.example.com").is_some());
         // A removed bolt owns nothing, and nothing is reassigned or drained to it.
-        roster.drain("us-1", None, clock.tick(9));
+        roster.drain("us-1", None, false, clock.tick(9));
         roster.remove_bolt("us-1", clock.tick(10));
         assert_eq!(Router::new(&roster).owner("anything"), None);
         assert_eq!(Router::new(&roster).owner("web-1.eu.example.com"), Some("eu-1"));
@@ -419,7 +434,7 @@ mod tests {
                             stamp,
                         ),
                         Op::Reassign(h, to) => r.reassign(&format!("web-{h}"), to.map(|t| BOLTS[t]), stamp),
-                        Op::Drain(b, to) => r.drain(BOLTS[b], to.map(|t| BOLTS[t]), stamp),
+                        Op::Drain(b, to) => r.drain(BOLTS[b], to.map(|t| BOLTS[t]), b % 2 == 0, stamp),
                     }
                     r
                 })

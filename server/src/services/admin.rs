@@ -227,6 +227,7 @@ impl Admin for AdminService {
                     addrs: entry.addrs.clone(),
                     patterns: entry.patterns.clone(),
                     drained_to: roster.drained_to(id).cloned().unwrap_or_default(),
+                    drained_automatically: roster.drain_of(id).is_some_and(|d| d.automatic),
                     probed: health.is_some(),
                     online: h.online,
                     failed_probes: h.failed_probes,
