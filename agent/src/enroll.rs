@@ -41,6 +41,7 @@ pub async fn enroll(server: &str, token_text: &str, data_dir: &Path, hostname: &
             hostname,
             servers: &response.servers,
             peers_index: response.peers_index,
+            fallback: &response.fallback,
             bundle_pubkey: &response.bundle_pubkey,
             check_in_interval_s: response.check_in_interval_s,
             seed: &seed,

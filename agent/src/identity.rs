@@ -22,6 +22,8 @@ pub struct Identity {
     pub servers: Vec<String>,
     /// Event index of that list of peers.
     pub peers_index: u64,
+    /// In a federation: the peers of every other bolt, tried when none of `servers` answers.
+    pub fallback: Vec<String>,
     /// Key that signs bundles (raw Ed25519).
     pub bundle_pubkey: [u8; 32],
     /// Seconds between check-ins.
@@ -51,6 +53,8 @@ pub struct Enrollment<'a> {
     pub servers: &'a [String],
     /// Event index of that list.
     pub peers_index: u64,
+    /// Other bolts' peers.
+    pub fallback: &'a [String],
     /// Bundle signing key.
     pub bundle_pubkey: &'a [u8],
     /// Check-in interval.
@@ -83,6 +87,7 @@ pub fn save(data_dir: &Path, e: &Enrollment<'_>) -> anyhow::Result<()> {
         "hostname": e.hostname,
         "servers": e.servers,
         "peers_index": e.peers_index,
+        "fallback": e.fallback,
         "bundle_pubkey": hex::encode(e.bundle_pubkey),
         "check_in_interval_s": e.check_in_interval_s,
     });
@@ -98,13 +103,22 @@ fn write_meta(dir: &Path, meta: &serde_json::Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Records the cluster's current peers (as of event `peers_index`), keeping everything else.
-pub fn update_servers(data_dir: &Path, servers: &[String], peers_index: u64) -> anyhow::Result<()> {
+/// Records the cluster's current peers (as of event `peers_index`) and, when given, the other
+/// bolts' (`fallback`), keeping everything else.
+pub fn update_servers(
+    data_dir: &Path,
+    servers: &[String],
+    peers_index: u64,
+    fallback: Option<&[String]>,
+) -> anyhow::Result<()> {
     let dir = dir(data_dir);
     let mut meta: serde_json::Value = serde_json::from_slice(&fs::read(dir.join("enrollment.json"))?)
         .context("identity/enrollment.json is not valid JSON")?;
     meta["servers"] = json!(servers);
     meta["peers_index"] = json!(peers_index);
+    if let Some(fallback) = fallback {
+        meta["fallback"] = json!(fallback);
+    }
     write_meta(&dir, &meta)
 }
 
@@ -136,6 +150,10 @@ pub fn load(data_dir: &Path) -> anyhow::Result<Identity> {
         hostname: text("hostname")?,
         servers,
         peers_index: meta["peers_index"].as_u64().unwrap_or(0),
+        fallback: meta["fallback"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+            .unwrap_or_default(),
         bundle_pubkey,
         check_in_interval_s: meta["check_in_interval_s"].as_u64().unwrap_or(60) as u32,
         key: SigningKey::from_bytes(&seed),

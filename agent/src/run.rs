@@ -68,6 +68,8 @@ pub struct Envoy {
     session: Option<Session>,
     /// The envoy's mTLS configuration, negotiating sessions instead of gRPC.
     session_tls: std::sync::Arc<rustls::ClientConfig>,
+    /// Talking to another bolt (its own not answering) that has not taken it in yet.
+    on_fallback: bool,
 }
 
 fn now_ms() -> i64 {
@@ -88,20 +90,18 @@ impl Envoy {
         let identity = crate::identity::load(&options.data_dir)?;
         let cache = Cache::open(&options.data_dir).context("cannot open the envoy cache")?;
         let session_tls = vigo_proto::session::client_config(&identity.tls);
-        Ok(Self { identity, cache, options, channel: None, session: None, session_tls })
+        Ok(Self { identity, cache, options, channel: None, session: None, session_tls, on_fallback: false })
     }
 
     async fn client(&mut self) -> Option<AgentClient<Channel>> {
         if let Some(channel) = &self.channel {
             return Some(AgentClient::new(channel.clone()));
         }
-        for i in 0..self.identity.servers.len() {
-            let server = &self.identity.servers[i];
+        let tried = self.identity.servers.iter().chain(&self.identity.fallback).cloned().collect::<Vec<_>>();
+        for (i, server) in tried.iter().enumerate() {
             match vigo_proto::tls::connect(server, self.identity.tls.clone(), CALL_TIMEOUT).await {
                 Ok(channel) => {
-                    // The peer that answered is tried first from now on.
-                    let server = self.identity.servers.remove(i);
-                    self.identity.servers.insert(0, server);
+                    self.answered_at(i);
                     self.channel = Some(channel.clone());
                     return Some(AgentClient::new(channel));
                 }
@@ -109,6 +109,36 @@ impl Envoy {
             }
         }
         None
+    }
+
+    /// Remembers which address answered: `i` indexes the servers, then the fallback. A peer of
+    /// its own cluster is tried first from now on; another bolt's (its own bolt away) becomes
+    /// its one server, whose peers the next answer brings.
+    fn answered_at(&mut self, i: usize) {
+        if i < self.identity.servers.len() {
+            let server = self.identity.servers.remove(i);
+            self.identity.servers.insert(0, server);
+        } else {
+            let server = self.identity.fallback[i - self.identity.servers.len()].clone();
+            tracing::warn!(server, "none of this envoy's servers answers: turning to another bolt");
+            self.identity.servers = vec![server];
+            self.identity.peers_index = 0;
+            self.on_fallback = true;
+        }
+    }
+
+    /// Back to the servers on record after another bolt would not take this envoy in.
+    fn leave_fallback(&mut self) {
+        self.session = None;
+        self.channel = None;
+        self.on_fallback = false;
+        match crate::identity::load(&self.options.data_dir) {
+            Ok(recorded) => {
+                self.identity.servers = recorded.servers;
+                self.identity.peers_index = recorded.peers_index;
+            }
+            Err(e) => tracing::warn!("cannot read the servers on record again: {e:#}"),
+        }
     }
 
     fn signed_check_in(
@@ -139,6 +169,13 @@ impl Envoy {
     ) -> anyhow::Result<Option<CheckInResponse>> {
         let mut send_traits = false;
         for _ in 0..2 {
+            // Connected first: turning to another bolt changes what the request says it holds
+            // of the servers (`peers_index`), so that bolt sends its own.
+            if self.options.once {
+                self.client().await;
+            } else {
+                self.session().await;
+            }
             let req = self.signed_check_in(send_traits.then_some(traits_json), traits_hash, fingerprint)?;
             // A single run (`--once`) holds nothing: a call on a connection of its own.
             let answered =
@@ -146,7 +183,7 @@ impl Envoy {
             match answered {
                 Ok(response) => {
                     if !response.servers.is_empty() {
-                        self.learn_peers(&response.servers, response.peers_index);
+                        self.learn_peers(&response.servers, response.peers_index, &response.fallback);
                     }
                     if response.send_traits && !send_traits {
                         send_traits = true;
@@ -158,6 +195,13 @@ impl Envoy {
                     tracing::warn!("check-in failed: {}", status_text(&status));
                     self.session = None;
                     self.channel = None;
+                    return Ok(None);
+                }
+                Err(status) if self.on_fallback => {
+                    // Another bolt that will not take this envoy in (nothing routes it there):
+                    // as good as no server. Its own are tried first again next time.
+                    tracing::warn!("another bolt refused this envoy: {}", status_text(&status));
+                    self.leave_fallback();
                     return Ok(None);
                 }
                 Err(status) => anyhow::bail!("check-in refused: {}", status_text(&status)),
@@ -175,15 +219,17 @@ impl Envoy {
     /// Keeps the cluster's current peers (the server sends them when they changed), so the
     /// envoy moves to another peer by itself when its own goes away. The peer it talks to now
     /// stays first.
-    fn learn_peers(&mut self, servers: &[String], peers_index: u64) {
+    fn learn_peers(&mut self, servers: &[String], peers_index: u64, fallback: &[String]) {
         let current = self.identity.servers.first().filter(|s| servers.contains(s)).cloned();
         let ordered: Vec<String> =
             current.iter().cloned().chain(servers.iter().filter(|s| Some(*s) != current.as_ref()).cloned()).collect();
-        match crate::identity::update_servers(&self.options.data_dir, &ordered, peers_index) {
+        match crate::identity::update_servers(&self.options.data_dir, &ordered, peers_index, Some(fallback)) {
             Ok(()) => {
                 tracing::info!(servers = ?ordered, "the cluster's peers changed");
+                self.on_fallback = false;
                 self.identity.servers = ordered;
                 self.identity.peers_index = peers_index;
+                self.identity.fallback = fallback.to_vec();
             }
             Err(e) => tracing::warn!("cannot record the cluster's peers: {e:#}"),
         }
@@ -195,7 +241,7 @@ impl Envoy {
     fn follow_redirect(&mut self, servers: &[String]) {
         self.session = None;
         self.channel = None;
-        match crate::identity::update_servers(&self.options.data_dir, servers, 0) {
+        match crate::identity::update_servers(&self.options.data_dir, servers, 0, None) {
             Ok(()) => {
                 self.identity.servers = servers.to_vec();
                 self.identity.peers_index = 0;
@@ -207,13 +253,11 @@ impl Envoy {
     /// The held session, opened to the first server that answers when there is none.
     async fn session(&mut self) -> Option<&mut Session> {
         if self.session.is_none() {
-            for i in 0..self.identity.servers.len() {
-                let server = &self.identity.servers[i];
+            let tried = self.identity.servers.iter().chain(&self.identity.fallback).cloned().collect::<Vec<_>>();
+            for (i, server) in tried.iter().enumerate() {
                 match Session::connect(server, None, self.session_tls.clone(), CALL_TIMEOUT).await {
                     Ok(session) => {
-                        // The peer that answered is tried first from now on.
-                        let server = self.identity.servers.remove(i);
-                        self.identity.servers.insert(0, server);
+                        self.answered_at(i);
                         self.session = Some(session);
                         break;
                     }

@@ -400,22 +400,64 @@ async fn roster_write(node: &Node, actor: &str, make: impl FnOnce(RosterStamp) -
 /// sends it there, handing the envoy off first when this bolt still holds it. A hand-off that
 /// fails (the other bolt down, or not yet aware it owns the hostname) is answered `Backoff`:
 /// the envoy keeps its bundle and asks again.
-pub async fn follow_up(node: &Node, answered: Result<CheckInResponse, Refusal>) -> Result<CheckInResponse, Refusal> {
+///
+/// An envoy this bolt does not know, whose certificate (`peer_cert`, DER) names a hostname the
+/// roster routes here, is taken in on that certificate: its own bolt is away and drained or
+/// reassigned here. It is told to come back in a second, when it is served.
+pub async fn follow_up(
+    node: &Node,
+    answered: Result<CheckInResponse, Refusal>,
+    peer_cert: Option<&[u8]>,
+) -> Result<CheckInResponse, Refusal> {
     match answered {
+        Err(Refusal::UnknownEnvoy(envoy_id)) => match adopt_on_certificate(node, &envoy_id, peer_cert).await {
+            Ok(true) => Ok(backoff(1)),
+            Ok(false) => Err(Refusal::UnknownEnvoy(envoy_id)),
+            Err(e) => {
+                tracing::warn!(envoy_id, "cannot take the envoy in on its certificate: {e:#}");
+                Err(Refusal::UnknownEnvoy(envoy_id))
+            }
+        },
         Err(Refusal::Moved { bolt, .. }) => Ok(redirect(node, &bolt)),
         Err(Refusal::Elsewhere { envoy_id, bolt }) => match hand_off(node, &envoy_id, &bolt).await {
             Ok(()) => Ok(redirect(node, &bolt)),
             Err(e) => {
                 tracing::warn!(envoy_id, bolt, "cannot hand the envoy off yet: {e:#}");
-                Ok(CheckInResponse {
-                    reply: Some(Reply::Backoff(Backoff { retry_after_s: limits::HAND_OFF_RETRY_S })),
-                    next_check_in_s: limits::HAND_OFF_RETRY_S,
-                    ..Default::default()
-                })
+                Ok(backoff(limits::HAND_OFF_RETRY_S))
             }
         },
         other => other,
     }
+}
+
+fn backoff(retry_after_s: u32) -> CheckInResponse {
+    CheckInResponse {
+        reply: Some(Reply::Backoff(Backoff { retry_after_s })),
+        next_check_in_s: retry_after_s,
+        ..Default::default()
+    }
+}
+
+/// Takes envoy `envoy_id` in on its certificate when this bolt does not know it, the certificate
+/// is its own and unrevoked, and the roster routes its hostname here. Whether it was taken in.
+async fn adopt_on_certificate(node: &Node, envoy_id: &str, peer_cert: Option<&[u8]>) -> anyhow::Result<bool> {
+    let (Some(me), Some(cert)) = (node.settings.bolt.as_ref(), peer_cert) else { return Ok(false) };
+    let Some(certified) = pki::envoy_of_cert(cert).filter(|c| c.envoy_id == envoy_id) else { return Ok(false) };
+    let cert_sha256: [u8; 32] = sha2::Sha256::digest(cert).into();
+    let state = node.log.state();
+    if state.roster().is_revoked(&cert_sha256) || state.router().owner(&certified.hostname) != Some(me.id.as_str()) {
+        return Ok(false);
+    }
+    let adopted = EnvoyAdopted {
+        envoy_id: certified.envoy_id,
+        hostname: certified.hostname,
+        pubkey: certified.pubkey.to_vec(),
+        cert_sha256: cert_sha256.to_vec(),
+        from: String::new(),
+    };
+    node.commit_event(&format!("bolt:{}", me.id), Kind::EnvoyAdopted(adopted)).await?;
+    tracing::warn!(envoy_id, "took in an envoy of a bolt that is away, on its certificate");
+    Ok(true)
 }
 
 fn redirect(node: &Node, bolt: &str) -> CheckInResponse {

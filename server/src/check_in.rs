@@ -88,6 +88,22 @@ pub enum Refusal {
     Bundle(#[from] BundleError),
 }
 
+/// The event index an envoy's list of servers is current as of: the last change to the peers,
+/// and on a bolt also to the roster (the fallback addresses come from it).
+pub fn servers_index(control: &ControlState, bolt: Option<&str>) -> u64 {
+    match bolt {
+        Some(_) => control.peers_index().max(control.roster_index()),
+        None => control.peers_index(),
+    }
+}
+
+/// On bolt `bolt`: the peers of every other bolt, where its envoys turn when none of its own
+/// peers answers.
+pub fn fallback(control: &ControlState, bolt: Option<&str>) -> Vec<String> {
+    let Some(me) = bolt else { return Vec::new() };
+    control.roster().bolts().filter(|(id, _)| id.as_str() != me).flat_map(|(_, b)| b.addrs.iter().cloned()).collect()
+}
+
 /// Checks identity, signature and counter of a signed request; returns the envoy.
 fn authenticate<'a>(
     ctx: &'a CheckInContext<'_>,
@@ -99,7 +115,8 @@ fn authenticate<'a>(
     now_ms: i64,
 ) -> Result<&'a Arc<EnvoyEntry>, Refusal> {
     let envoy = ctx.control.envoy(envoy_id).ok_or_else(|| Refusal::UnknownEnvoy(envoy_id.to_string()))?;
-    if envoy.revoked_index.is_some() {
+    // Revoked here, or at another bolt of the federation since it was adopted.
+    if envoy.revoked_index.is_some() || ctx.control.roster().is_revoked(&envoy.cert_sha256) {
         return Err(Refusal::Revoked(envoy_id.to_string()));
     }
     if let Some(bolt) = &envoy.moved_to {
@@ -173,9 +190,11 @@ pub fn check_in(
     let mut response = CheckInResponse { next_check_in_s, ..Default::default() };
     // An envoy holding an older list of peers is sent the current one (rarely: peers change
     // seldom), so it can move to another peer by itself.
-    if req.peers_index != ctx.control.peers_index() {
+    let peers_index = servers_index(ctx.control, ctx.bolt);
+    if req.peers_index != peers_index {
         response.servers = ctx.control.peer_addrs();
-        response.peers_index = ctx.control.peers_index();
+        response.fallback = fallback(ctx.control, ctx.bolt);
+        response.peers_index = peers_index;
     }
     let Some(live) = ctx.control.stack() else {
         response.reply = Some(Reply::NoChange(NoChange {}));

@@ -434,8 +434,14 @@ impl Pki {
     }
 
     /// Issues an envoy's client certificate for its raw Ed25519 public key.
-    pub fn issue_envoy_cert(&self, envoy_id: &str, pubkey: &[u8; 32]) -> anyhow::Result<Vec<u8>> {
-        let params = leaf_params(&format!("envoy:{envoy_id}"), Vec::new(), vec![ExtendedKeyUsagePurpose::ClientAuth])?;
+    /// Its hostname is the certificate's one DNS name, so any bolt of the federation can take
+    /// the envoy in from its certificate alone when its own bolt is gone ([`envoy_of_cert`]).
+    pub fn issue_envoy_cert(&self, envoy_id: &str, hostname: &str, pubkey: &[u8; 32]) -> anyhow::Result<Vec<u8>> {
+        let params = leaf_params(
+            &format!("{ENVOY_CN_PREFIX}{envoy_id}"),
+            vec![hostname.to_string()],
+            vec![ExtendedKeyUsagePurpose::ClientAuth],
+        )?;
         self.issue(params, pubkey)
     }
 
@@ -461,6 +467,34 @@ impl PublicKeyData for RawEd25519 {
     fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
         &PKCS_ED25519
     }
+}
+
+/// Common-name prefix of an envoy's certificate (`envoy:<id>`).
+pub const ENVOY_CN_PREFIX: &str = "envoy:";
+
+/// What an envoy's certificate says of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertifiedEnvoy {
+    /// Its id.
+    pub envoy_id: String,
+    /// The hostname it enrolled with.
+    pub hostname: String,
+    /// Its raw Ed25519 key.
+    pub pubkey: [u8; 32],
+}
+
+/// The envoy a DER certificate was issued to, if it is an envoy's certificate that names its
+/// hostname (certificates issued before they did name none).
+pub fn envoy_of_cert(cert_der: &[u8]) -> Option<CertifiedEnvoy> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?;
+    let envoy_id = cn.strip_prefix(ENVOY_CN_PREFIX)?.to_string();
+    let hostname = cert.subject_alternative_name().ok()??.value.general_names.iter().find_map(|name| match name {
+        x509_parser::extensions::GeneralName::DNSName(dns) => Some(dns.to_string()),
+        _ => None,
+    })?;
+    let pubkey = cert.public_key().subject_public_key.data.as_ref().try_into().ok()?;
+    Some(CertifiedEnvoy { envoy_id, hostname, pubkey })
 }
 
 /// The common name of a DER certificate, if it has one.
@@ -495,8 +529,11 @@ mod tests {
         assert_eq!(identity.node_id, 1);
         assert!(identity.peer_client_tls().is_ok());
         let pki = Pki::unseal(identity, &sealed_keys(&paths)).unwrap();
-        let cert = pki.issue_envoy_cert("e-1", &[3; 32]).unwrap();
+        let cert = pki.issue_envoy_cert("e-1", "web-1.eu", &[3; 32]).unwrap();
         assert_eq!(common_name(&cert).as_deref(), Some("envoy:e-1"));
+        let certified = CertifiedEnvoy { envoy_id: "e-1".into(), hostname: "web-1.eu".into(), pubkey: [3; 32] };
+        assert_eq!(envoy_of_cert(&cert), Some(certified), "an envoy's certificate names its id, host and key");
+        assert_eq!(envoy_of_cert(&pki.issue_peer_cert(3, &[4; 32]).unwrap()), None, "a peer's is no envoy's");
         let peer = pki.issue_peer_cert(2, &[4; 32]).unwrap();
         assert_eq!(common_name(&peer).as_deref(), Some("vigo-peer:2"));
         let admin = fs::read_to_string(paths.admin_dir().join("admin.crt")).unwrap();

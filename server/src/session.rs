@@ -39,8 +39,10 @@ pub async fn serve<IO>(node: Arc<Node>, tls: tokio_rustls::server::TlsStream<IO>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let peer =
-        tls.get_ref().1.peer_certificates().and_then(|certs| certs.first()).map(|leaf| Sha256::digest(leaf).into());
+    let leaf = tls.get_ref().1.peer_certificates().and_then(|certs| certs.first());
+    let peer = leaf.map(|leaf| Sha256::digest(leaf).into());
+    // Kept only on a bolt, where an envoy it does not know may be taken in on it.
+    let leaf = leaf.filter(|_| node.settings.bolt.is_some()).map(|leaf| leaf.to_vec());
     let (reader, mut writer) = tokio::io::split(tls);
     // The stream keeps a frame read half-way when `next` picks a push instead.
     let requests: Requests = Box::pin(futures::stream::unfold(reader, |mut reader| async move {
@@ -56,6 +58,7 @@ where
         stopping: node.stopping.subscribe(),
         node,
         peer,
+        leaf,
         requests,
         envoy_id: None,
         push_at: None,
@@ -77,6 +80,8 @@ where
 struct Session {
     node: Arc<Node>,
     peer: Option<[u8; 32]>,
+    /// The envoy's certificate (DER), on a bolt.
+    leaf: Option<Vec<u8>>,
     requests: Requests,
     versions: tokio::sync::watch::Receiver<u64>,
     stopping: tokio::sync::watch::Receiver<bool>,
@@ -169,7 +174,8 @@ impl Session {
     async fn check_in(&mut self, req: CheckInRequest) -> Result<session_event::Kind, Status> {
         let peer = self.peer;
         let answered = self.node.answer_check_in(|ctx| crate::check_in::check_in(ctx, peer, &req, now_ms()));
-        let response = crate::bolt::follow_up(&self.node, answered).await.map_err(Status::from)?;
+        let response =
+            crate::bolt::follow_up(&self.node, answered, self.leaf.as_deref()).await.map_err(Status::from)?;
         if self.envoy_id.is_none() {
             // Only later publishes push.
             self.versions.borrow_and_update();

@@ -318,3 +318,102 @@ fn envoys_land_on_the_owning_bolt_and_a_reassign_moves_them_at_their_next_check_
     assert_eq!(events_of(&us, "EnvoyAdopted").len(), 2);
     assert_eq!(events_of(&eu, "EnvoyHandedOff").len(), 2);
 }
+
+/// The bolt named in a roster entry's drain, if it is drained.
+fn drained_to(status: &Value, id: &str) -> Option<String> {
+    status["bolts"].as_array()?.iter().find(|b| b["id"] == id)?["drained_to"].as_str().map(str::to_string)
+}
+
+#[test]
+fn a_dead_bolt_is_auto_drained_its_envoys_turn_to_a_healthy_one_and_go_back_when_it_answers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let eu_flags = ["--bolt", "eu-1", "--bolt-pattern", "*.eu", "--auto-drain-after", "2"];
+    let eu = Server::start_with(&tmp.path().join("eu-1"), "127.0.0.1:0", &eu_flags);
+    eventually_roster(&eu, "eu-1 registered", Duration::from_secs(30), |s| bolt_ids(s) == ["eu-1"]);
+    let token = eu.cli_ok(&["token", "create", "--federate"]);
+    let us_flags = [
+        "--bolt",
+        "us-1",
+        "--bolt-pattern",
+        "*.us",
+        "--auto-drain-after",
+        "2",
+        "--federate",
+        &eu.addr,
+        "--federation-token",
+        &token,
+    ];
+    let us_dir = tmp.path().join("us-1");
+    let us = Server::start_with(&us_dir, "127.0.0.1:0", &us_flags);
+    for bolt in [&eu, &us] {
+        eventually_roster(bolt, "both bolts known", Duration::from_secs(30), |s| bolt_ids(s) == ["eu-1", "us-1"]);
+    }
+    let stack = tmp.path().join("stack");
+    support::generation_stack(&stack, "7");
+    eu.cli_ok(&["config", "publish", stack.to_str().unwrap()]);
+    let published = live_stack(&eu);
+    eventually(&us, "us-1 takes the stack", Duration::from_secs(30), |us| live_stack(us) == published);
+
+    // An envoy of us-1, which knows eu-1's peers as its fallback.
+    let envoy = tmp.path().join("web-1.us");
+    let out = support::enroll(&us, &us.cli_ok(&["token", "create"]), &envoy, "web-1.us");
+    assert!(out.status.success(), "{}", text(&out));
+    let meta: Value = serde_json::from_slice(&std::fs::read(envoy.join("identity/enrollment.json")).unwrap()).unwrap();
+    assert_eq!(meta["fallback"], serde_json::json!([eu.addr]), "{meta}");
+    let root = tmp.path().join("root");
+    let out = support::envoy_once(&envoy, &root, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // us-1 dies: after two failed probes eu-1 drains it to itself, automatically.
+    let us_addr = us.addr.clone();
+    us.kill();
+    let status = eventually_roster(&eu, "us-1 auto-drained", Duration::from_secs(30), |s| {
+        drained_to(s, "us-1").as_deref() == Some("eu-1")
+    });
+    let us_entry = status["bolts"].as_array().unwrap().iter().find(|b| b["id"] == "us-1").unwrap().clone();
+    assert_eq!(us_entry["drained_automatically"], true, "{us_entry}");
+
+    // Its envoy turns to eu-1, which takes it in on its certificate and serves it.
+    let mut served = false;
+    for _ in 0..5 {
+        let out = support::envoy_once(&envoy, &root, &[]);
+        assert!(out.status.success(), "{}", text(&out));
+        // Served there, it holds eu-1's peers as its servers from then on.
+        let meta: Value =
+            serde_json::from_slice(&std::fs::read(envoy.join("identity/enrollment.json")).unwrap()).unwrap();
+        if meta["servers"] == serde_json::json!([eu.addr]) {
+            served = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert!(served, "the envoy was served by eu-1");
+    assert_eq!(held(&eu).0, ["web-1.us"]);
+    let adopted = events_of(&eu, "EnvoyAdopted");
+    assert_eq!(adopted.len(), 1, "{adopted:?}");
+
+    // us-1 is back: eu-1 lifts the drain, and the envoy goes home at its next check-in.
+    let us = Server::start_with(&us_dir, &us_addr, &us_flags);
+    eventually_roster(&eu, "the drain lifted", Duration::from_secs(30), |s| drained_to(s, "us-1").is_none());
+    eventually_roster(&us, "us-1 sees the drain lifted", Duration::from_secs(30), |s| drained_to(s, "us-1").is_none());
+    let (mut home, mut last) = (false, String::new());
+    for _ in 0..5 {
+        let out = support::envoy_once(&envoy, &root, &[]);
+        assert!(out.status.success(), "{}", text(&out));
+        last = text(&out);
+        if held(&eu).1 == [("web-1.us".to_string(), "us-1".to_string())] {
+            home = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert!(
+        home,
+        "eu-1 handed the envoy back: {:?}; the envoy's last run: {last}; eu: {}; us: {}; envoy: {}",
+        held(&eu),
+        roster(&eu),
+        us.cli_json(&["envoys", "list", "--local"]),
+        std::fs::read_to_string(envoy.join("identity/enrollment.json")).unwrap()
+    );
+    assert_eq!(held(&us).0, ["web-1.us"]);
+}

@@ -227,6 +227,8 @@ pub struct ControlState {
     peers: OrdMap<u64, PeerEntry>,
     /// Event index of the last change to the peers.
     peers_index: u64,
+    /// Event index of the last change to the roster.
+    roster_index: u64,
     /// The federation's admissions roster as this bolt knows it (changed only by roster
     /// events, so shared, not copied, by every published snapshot).
     roster: Arc<Roster>,
@@ -305,6 +307,11 @@ impl ControlState {
     /// sent the current one.
     pub fn peers_index(&self) -> u64 {
         self.peers_index
+    }
+
+    /// Event index of the last change to the roster (0: never changed).
+    pub fn roster_index(&self) -> u64 {
+        self.roster_index
     }
 
     /// The addresses of the current peers, by node id.
@@ -388,7 +395,13 @@ impl ControlState {
                 if a.envoy_id.is_empty() || a.hostname.is_empty() {
                     return Err(ControlError::Malformed("envoy id and hostname are required"));
                 }
-                check_bolt_id(&a.from)?;
+                // Empty: taken in on its certificate, its own bolt not answering.
+                if !a.from.is_empty() {
+                    check_bolt_id(&a.from)?;
+                }
+                if self.roster.is_revoked(&hash32(&a.cert_sha256).expect("checked above")) {
+                    return Err(ControlError::Malformed("the envoy was revoked at a bolt of the federation"));
+                }
                 if self.envoys.get(&a.envoy_id).is_some_and(|e| e.is_active()) {
                     return Err(ControlError::EnvoyIdTaken(a.envoy_id.clone()));
                 }
@@ -594,6 +607,9 @@ impl ControlState {
             Kind::EnvoyRevoked(r) => {
                 let mut entry = (**self.envoys.get(&r.envoy_id).expect("validated")).clone();
                 entry.revoked_index = Some(index);
+                // Known to every bolt through the roster, so none takes the envoy in again.
+                Arc::make_mut(&mut self.roster).revoke(entry.cert_sha256);
+                self.roster_index = index;
                 self.active_hostnames.remove(&entry.hostname);
                 self.envoys.insert(r.envoy_id.clone(), Arc::new(entry));
             }
@@ -647,24 +663,28 @@ impl ControlState {
                 let entry = BoltEntry { addrs: b.addrs.clone(), patterns: b.patterns.clone() };
                 let stamp = roster_stamp(b.stamp.as_ref()).expect("validated");
                 Arc::make_mut(&mut self.roster).put_bolt(&b.bolt, entry, stamp);
+                self.roster_index = index;
             }
             Kind::EnvoysReassigned(r) => {
                 self.router = Arc::default();
                 let stamp = roster_stamp(r.stamp.as_ref()).expect("validated");
                 let to = (!r.to.is_empty()).then_some(r.to.as_str());
                 Arc::make_mut(&mut self.roster).reassign(&r.hostname, to, stamp);
+                self.roster_index = index;
             }
             Kind::BoltFederated(f) => self.use_token(&f.token_sha256),
             Kind::RosterMerged(m) => {
                 self.router = Arc::default();
                 let merged = roster_of(m.roster.as_ref().expect("validated")).expect("validated");
                 Arc::make_mut(&mut self.roster).merge_in(merged);
+                self.roster_index = index;
             }
             Kind::BoltDrained(d) => {
                 self.router = Arc::default();
                 let stamp = roster_stamp(d.stamp.as_ref()).expect("validated");
                 let to = (!d.to.is_empty()).then_some(d.to.as_str());
                 Arc::make_mut(&mut self.roster).drain(&d.bolt, to, d.automatic, stamp);
+                self.roster_index = index;
             }
         }
         self.last_index = index;
@@ -724,6 +744,9 @@ pub fn roster_of(delta: &RosterDelta) -> Result<Roster, ControlError> {
             check_bolt_id(to)?;
         }
         roster.drain(&d.bolt, to, d.automatic, roster_stamp(d.stamp.as_ref())?);
+    }
+    for cert in &delta.revoked {
+        roster.revoke(hash32(cert).ok_or(ControlError::Malformed("a revoked certificate hash must be 32 bytes"))?);
     }
     Ok(roster)
 }
@@ -977,6 +1000,44 @@ mod tests {
             ]
         );
         assert_eq!(state.token(&[1; 32]).unwrap().uses_left, 0);
+    }
+
+    #[test]
+    fn a_revoked_envoy_is_in_the_roster_for_every_bolt_and_no_bolt_takes_it_in() {
+        use vigo_proto::events::EnvoyAdopted;
+        let adopted = |from: &str| {
+            Kind::EnvoyAdopted(EnvoyAdopted {
+                envoy_id: "e1".into(),
+                hostname: "web-1".into(),
+                pubkey: vec![7; 32],
+                cert_sha256: vec![9; 32],
+                from: from.into(),
+            })
+        };
+        let (state, refusals) = run(vec![
+            token(1, 1),
+            enrolled("e1", "web-1", 1),
+            Kind::EnvoyRevoked(EnvoyRevoked { envoy_id: "e1".into(), reason: "stolen".into() }),
+        ]);
+        assert!(refusals.is_empty(), "{refusals:?}");
+        assert!(state.roster().is_revoked(&[9; 32]));
+        assert_eq!(state.roster_index(), 3, "the roster changed with the revocation");
+
+        // Another bolt learns it by gossip, and then takes the envoy in neither from a bolt nor
+        // on its certificate.
+        let (mut other, _) = run(vec![]);
+        let delta = state.roster().to_delta();
+        let merged = super::roster_of(&delta).unwrap();
+        Arc::make_mut(&mut other.roster).merge_in(merged);
+        for from in ["us-1", ""] {
+            let env = propose(&other, adopted(from));
+            let refused = other.validate(env.event.as_ref().unwrap(), env.proposed_at_ms).unwrap_err();
+            assert!(refused.to_string().contains("revoked at a bolt of the federation"), "{refused}");
+        }
+        // Unrevoked, it is taken in, on its certificate too.
+        let (fresh, refusals) = run(vec![adopted("")]);
+        assert!(refusals.is_empty(), "{refusals:?}");
+        assert!(fresh.envoy("e1").is_some_and(|e| e.is_active()));
     }
 
     fn stack(version: u64, sha: u8, synced_from: &str) -> Kind {

@@ -98,6 +98,10 @@ pub struct Roster {
     health: BTreeMap<BoltId, Reg<Health>>,
     overrides: BTreeMap<String, Reg<Option<BoltId>>>,
     drains: BTreeMap<BoltId, Reg<Option<Drain>>>,
+    /// Certificates (SHA-256) of envoys revoked at any bolt: a grow-only set, so no bolt takes
+    /// a revoked envoy in again, whichever bolt it turns to.
+    #[serde(default)]
+    revoked: std::collections::BTreeSet<[u8; 32]>,
 }
 
 /// Where a drained bolt's envoys go, and whether auto-drain made it.
@@ -171,6 +175,16 @@ impl Roster {
     /// The overrides in force: hostname or glob → bolt.
     pub fn overrides(&self) -> impl Iterator<Item = (&String, &BoltId)> {
         self.overrides.iter().filter_map(|(key, reg)| reg.val.as_ref().map(|to| (key, to)))
+    }
+
+    /// Records that the envoy with this certificate was revoked (at any bolt), for good.
+    pub fn revoke(&mut self, cert_sha256: [u8; 32]) {
+        self.revoked.insert(cert_sha256);
+    }
+
+    /// Whether the envoy with this certificate was revoked at some bolt.
+    pub fn is_revoked(&self, cert_sha256: &[u8; 32]) -> bool {
+        self.revoked.contains(cert_sha256)
     }
 
     /// Where bolt `from` is drained to, if it is.
@@ -294,6 +308,7 @@ impl Roster {
             let (to, automatic) = reg.val.as_ref().map_or((String::new(), false), |d| (d.to.clone(), d.automatic));
             delta.drains.push(BoltDrained { bolt: bolt.clone(), to, stamp: stamp(&reg.marker), automatic });
         }
+        delta.revoked = self.revoked.iter().map(|c| c.to_vec()).collect();
         delta
     }
 }
@@ -312,6 +327,7 @@ impl CvRDT for Roster {
         merge_map(&mut self.health, other.health);
         merge_map(&mut self.overrides, other.overrides);
         merge_map(&mut self.drains, other.drains);
+        self.revoked.extend(other.revoked);
     }
 }
 
@@ -398,6 +414,7 @@ mod tests {
         Health(usize, bool, u8),
         Reassign(u8, Option<usize>),
         Drain(usize, Option<usize>),
+        Revoke(u8),
     }
 
     const BOLTS: [&str; 3] = ["eu-1", "us-1", "ap-1"];
@@ -409,6 +426,7 @@ mod tests {
             (0..3usize, any::<bool>(), 0..5u8).prop_map(|(b, on, n)| Op::Health(b, on, n)),
             (0..4u8, proptest::option::of(0..3usize)).prop_map(|(h, to)| Op::Reassign(h, to)),
             (0..3usize, proptest::option::of(0..3usize)).prop_map(|(b, to)| Op::Drain(b, to)),
+            (0..4u8).prop_map(Op::Revoke),
         ]
     }
 
@@ -435,6 +453,7 @@ mod tests {
                         ),
                         Op::Reassign(h, to) => r.reassign(&format!("web-{h}"), to.map(|t| BOLTS[t]), stamp),
                         Op::Drain(b, to) => r.drain(BOLTS[b], to.map(|t| BOLTS[t]), b % 2 == 0, stamp),
+                        Op::Revoke(c) => r.revoke([c; 32]),
                     }
                     r
                 })

@@ -89,7 +89,7 @@ impl Agent for AgentService {
         let cert_der = self
             .node
             .pki
-            .issue_envoy_cert(&envoy_id, &pubkey)
+            .issue_envoy_cert(&envoy_id, &req.hostname, &pubkey)
             .map_err(|e| Status::internal(format!("cannot issue certificate: {e}")))?;
         let event = EnvoyEnrolled {
             envoy_id: envoy_id.clone(),
@@ -103,12 +103,17 @@ impl Agent for AgentService {
         // In a federation the envoy lands on the bolt that owns its hostname: handed off there
         // now, it is given that bolt's servers. If the hand-off cannot happen yet, it stays here
         // and its first check-ins retry it.
-        let (mut servers, mut peers_index) = (self.node.servers(), self.node.control().peers_index());
+        let me = self.node.settings.bolt.as_ref().map(|b| b.id.as_str());
+        let control = self.node.control();
+        let (mut servers, mut peers_index) = (self.node.servers(), crate::check_in::servers_index(&control, me));
+        let mut fallback = crate::check_in::fallback(&control, me);
+        drop(control);
         if let Some(owner) = crate::bolt::owner_elsewhere(&self.node, &req.hostname) {
             match crate::bolt::hand_off(&self.node, &envoy_id, &owner).await {
                 Ok(()) => {
                     let roster = self.node.control();
                     servers = roster.roster().bolt(&owner).map(|b| b.addrs.clone()).unwrap_or(servers);
+                    fallback = crate::check_in::fallback(&roster, Some(&owner));
                     peers_index = 0;
                 }
                 Err(e) => tracing::warn!(envoy_id, owner, "enrolled here; cannot hand off yet: {e:#}"),
@@ -122,14 +127,16 @@ impl Agent for AgentService {
             servers,
             peers_index,
             check_in_interval_s: self.node.settings.check_in_interval_s,
+            fallback,
         }))
     }
 
     async fn check_in(&self, request: Request<CheckInRequest>) -> Result<Response<CheckInResponse>, Status> {
         let peer = peer_cert_sha256(&request);
+        let leaf = request.peer_certs().and_then(|certs| certs.first().cloned());
         let req = request.into_inner();
         let answered = self.node.answer_check_in(|ctx| crate::check_in::check_in(ctx, peer, &req, now_ms()));
-        Ok(Response::new(crate::bolt::follow_up(&self.node, answered).await?))
+        Ok(Response::new(crate::bolt::follow_up(&self.node, answered, leaf.as_deref()).await?))
     }
 
     async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<WatchStream>, Status> {
