@@ -417,3 +417,104 @@ fn a_dead_bolt_is_auto_drained_its_envoys_turn_to_a_healthy_one_and_go_back_when
     );
     assert_eq!(held(&us).0, ["web-1.us"]);
 }
+
+#[test]
+fn thirty_envoys_enrolled_through_one_bolt_land_by_pattern_and_a_partition_between_bolts_heals() {
+    use std::sync::{Arc, Mutex};
+    use support::proxy::Proxy;
+    let tmp = tempfile::tempdir().unwrap();
+    // Each bolt is reached by the others only through a proxy, which can cut it off.
+    let targets: Vec<_> = (0..3).map(|_| Arc::new(Mutex::new(None))).collect();
+    let proxies: Vec<Proxy> = targets.iter().map(|t| Proxy::start(t.clone())).collect();
+    let (eu_adv, us_adv, ap_adv) =
+        (proxies[0].addr.to_string(), proxies[1].addr.to_string(), proxies[2].addr.to_string());
+    let eu_flags = ["--bolt", "eu-1", "--bolt-pattern", "*.eu", "--advertise", &eu_adv];
+    let eu = Server::start_with(&tmp.path().join("eu-1"), "127.0.0.1:0", &eu_flags);
+    *targets[0].lock().unwrap() = Some(eu.addr.parse().unwrap());
+    eventually_roster(&eu, "eu-1 registered", Duration::from_secs(30), |s| bolt_ids(s) == ["eu-1"]);
+    let token = eu.cli_ok(&["token", "create", "--federate", "--uses", "2"]);
+    let us_flags = [
+        "--bolt",
+        "us-1",
+        "--bolt-pattern",
+        "*.us",
+        "--advertise",
+        &us_adv,
+        "--federate",
+        &eu.addr,
+        "--federation-token",
+        &token,
+    ];
+    let us = Server::start_with(&tmp.path().join("us-1"), "127.0.0.1:0", &us_flags);
+    *targets[1].lock().unwrap() = Some(us.addr.parse().unwrap());
+    let ap_flags = [
+        "--bolt",
+        "ap-1",
+        "--bolt-pattern",
+        "*.ap",
+        "--advertise",
+        &ap_adv,
+        "--federate",
+        &eu.addr,
+        "--federation-token",
+        &token,
+    ];
+    let ap = Server::start_with(&tmp.path().join("ap-1"), "127.0.0.1:0", &ap_flags);
+    *targets[2].lock().unwrap() = Some(ap.addr.parse().unwrap());
+    let all = ["ap-1", "eu-1", "us-1"];
+    for bolt in [&eu, &us, &ap] {
+        eventually_roster(bolt, "every bolt knows all three", Duration::from_secs(40), |s| bolt_ids(s) == all);
+    }
+
+    // Thirty envoys enroll through eu-1; each lands on the bolt its hostname's pattern names.
+    let tokens = eu.cli_ok(&["token", "create", "--uses", "30"]);
+    let mut expected = Vec::new();
+    for i in 0..30 {
+        let (region, bolt) = [("eu", "eu-1"), ("us", "us-1"), ("ap", "ap-1")][i % 3];
+        let hostname = format!("web-{i:02}.{region}");
+        let out = support::enroll(&eu, &tokens, &tmp.path().join(&hostname), &hostname);
+        assert!(out.status.success(), "{hostname}: {}", text(&out));
+        expected.push((hostname, bolt.to_string()));
+    }
+    expected.sort();
+    for bolt in [&eu, &us, &ap] {
+        let listed = bolt.cli_json(&["envoys", "list"]);
+        let mut rows: Vec<(String, String)> = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["hostname"].as_str().unwrap().to_string(), e["bolt"].as_str().unwrap().to_string()))
+            .collect();
+        rows.sort();
+        assert_eq!(rows, expected, "every bolt lists all thirty, each once, from its bolt");
+    }
+    assert_eq!(held(&us).0.len(), 10);
+    assert_eq!(held(&ap).0.len(), 10);
+
+    // The bolts are cut off from each other; eu-1 and us-1 each take a reassign of the same
+    // hostnames that no other bolt sees. Healed, all three rosters agree on one of them.
+    for proxy in &proxies {
+        proxy.cut();
+    }
+    eventually_roster(&ap, "ap-1 sees both gone", Duration::from_secs(20), |s| {
+        health_of(s, "eu-1")["online"] == false && health_of(s, "us-1")["online"] == false
+    });
+    eu.cli_ok(&["spanner", "reassign", "--hostname", "db-*", "--to", "eu-1"]);
+    us.cli_ok(&["spanner", "reassign", "--hostname", "db-*", "--to", "us-1"]);
+    std::thread::sleep(Duration::from_secs(3));
+    let apart: Vec<Value> = [&eu, &us].iter().map(|b| roster(b)["reassigned"].clone()).collect();
+    assert_ne!(apart[0], apart[1], "apart, each bolt holds its own write: {apart:?}");
+    for proxy in &proxies {
+        proxy.heal();
+    }
+    let healed = eventually_roster(&ap, "ap-1 hears from both again", Duration::from_secs(30), |s| {
+        health_of(s, "eu-1")["online"] == true && health_of(s, "us-1")["online"] == true
+    });
+    let settled = |s: &Value| s["reassigned"].as_array().is_some_and(|r| r.len() == 1);
+    let winner =
+        eventually_roster(&ap, "ap-1 takes one of the writes", Duration::from_secs(30), settled)["reassigned"].clone();
+    assert!(apart.contains(&winner), "the later write wins: {winner} of {apart:?} ({healed})");
+    for bolt in [&eu, &us] {
+        eventually_roster(bolt, "the rosters converge", Duration::from_secs(30), |s| s["reassigned"] == winner);
+    }
+}
