@@ -362,7 +362,8 @@ fn print_roster(roster: &SpannerStatusResponse, only: Option<&str>, json_out: bo
     }
     let bolt_json = |b: &SpannerBolt| {
         let health = b.probed.then(|| {
-            json!({ "online": b.online, "failed_probes": b.failed_probes, "probe_ms": b.probe_ms, "envoys": b.envoys })
+            json!({ "online": b.online, "failed_probes": b.failed_probes, "probe_ms": b.probe_ms, "envoys": b.envoys,
+                    "compliant": b.compliant })
         });
         json!({ "id": b.id, "addrs": b.addrs, "patterns": b.patterns,
                 "drained_to": (!b.drained_to.is_empty()).then_some(&b.drained_to),
@@ -398,7 +399,9 @@ fn print_roster(roster: &SpannerStatusResponse, only: Option<&str>, json_out: bo
         }
         match (b.probed, b.online) {
             (false, _) => println!("  health: not probed yet"),
-            (true, true) => println!("  health: online, {} envoys, probe {} ms", b.envoys, b.probe_ms),
+            (true, true) => {
+                println!("  health: online, {} envoys ({} compliant), probe {} ms", b.envoys, b.compliant, b.probe_ms)
+            }
             (true, false) => println!("  health: OFFLINE ({} probes failed in a row)", b.failed_probes),
         }
     }

@@ -55,13 +55,14 @@ impl BoltHealth {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
     }
 
-    fn answered(&self, id: &str, probe: Duration, envoys: u64) {
+    fn answered(&self, id: &str, probe: Duration, envoys: u64, compliant: u64) {
         let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let health = all.entry(id.to_string()).or_default();
         health.online = true;
         health.failed_probes = 0;
         health.probe_ms = probe.as_millis().min(u128::from(u32::MAX)) as u32;
         health.envoys = envoys;
+        health.compliant = compliant;
     }
 
     fn failed(&self, id: &str) {
@@ -164,7 +165,7 @@ pub async fn gossip(node: Arc<Node>, config: BoltConfig, paths: Paths) {
             };
             match ask_bolt(&addrs, tls.clone(), call).await {
                 Ok(reply) => {
-                    node.bolt_health.answered(&id, started.elapsed(), reply.envoys);
+                    node.bolt_health.answered(&id, started.elapsed(), reply.envoys, reply.compliant);
                     if let (true, Some(delta)) = (leader, reply.roster) {
                         merge_from(&node, &id, delta).await;
                     }

@@ -490,6 +490,12 @@ fn thirty_envoys_enrolled_through_one_bolt_land_by_pattern_and_a_partition_betwe
     }
     assert_eq!(held(&us).0.len(), 10);
     assert_eq!(held(&ap).0.len(), 10);
+    // Every bolt's status counts the others' envoys (none has reported a run: none compliant).
+    eventually_roster(&eu, "eu-1 probes the others' counts", Duration::from_secs(20), |s| {
+        health_of(s, "us-1")["envoys"] == 10 && health_of(s, "ap-1")["envoys"] == 10
+    });
+    assert_eq!(health_of(&roster(&eu), "eu-1")["envoys"], 10);
+    assert_eq!(health_of(&roster(&eu), "us-1")["compliant"], 0);
 
     // The bolts are cut off from each other; eu-1 and us-1 each take a reassign of the same
     // hostnames that no other bolt sees. Healed, all three rosters agree on one of them.

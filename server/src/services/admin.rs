@@ -217,7 +217,8 @@ impl Admin for AdminService {
             .bolts()
             .map(|(id, entry)| {
                 let health = if own == Some(id.as_str()) {
-                    Some(vigo_state::Health { online: true, envoys: envoys_here, ..Default::default() })
+                    let compliant = u64::from(crate::fanout::local_compliance(&self.node).compliant);
+                    Some(vigo_state::Health { online: true, envoys: envoys_here, compliant, ..Default::default() })
                 } else {
                     self.node.bolt_health.get(id)
                 };
@@ -233,6 +234,7 @@ impl Admin for AdminService {
                     failed_probes: h.failed_probes,
                     probe_ms: h.probe_ms,
                     envoys: h.envoys,
+                    compliant: h.compliant,
                 }
             })
             .collect();

@@ -89,7 +89,9 @@ impl Spanner for SpannerService {
         let state = self.node.log.state();
         let envoys = state.n_active_envoys() as u64;
         let stack = Some(crate::bolt::live_stack(&state));
-        Ok(Response::new(GossipResponse { bolt, roster: Some(state.roster().to_delta()), envoys, stack }))
+        // A walk of this bolt's envoys per probe: a few milliseconds at 50,000.
+        let compliant = u64::from(crate::fanout::local_compliance(&self.node).compliant);
+        Ok(Response::new(GossipResponse { bolt, roster: Some(state.roster().to_delta()), envoys, stack, compliant }))
     }
 
     async fn adopt(&self, request: Request<AdoptRequest>) -> Result<Response<AdoptResponse>, Status> {
