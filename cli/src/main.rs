@@ -377,6 +377,7 @@ fn print_roster(roster: &SpannerStatusResponse, only: Option<&str>, json_out: bo
                 "bolt": (!roster.bolt.is_empty()).then_some(&roster.bolt),
                 "bolts": bolts.iter().map(|b| bolt_json(b)).collect::<Vec<_>>(),
                 "reassigned": roster.reassigned.iter().map(|r| json!({ "hostname": r.hostname, "to": r.to })).collect::<Vec<_>>(),
+                "revoked_envoys": roster.revoked_envoys,
             }),
         };
         println!("{value}");

@@ -411,6 +411,12 @@ pub async fn follow_up(
     peer_cert: Option<&[u8]>,
 ) -> Result<CheckInResponse, Refusal> {
     match answered {
+        // Handed off from here, and routed here again (its bolt drained here, or reassigned):
+        // taken in again on its certificate rather than sent to a bolt that may be away.
+        Err(Refusal::Moved { envoy_id, bolt }) => match adopt_on_certificate(node, &envoy_id, peer_cert).await {
+            Ok(true) => Ok(backoff(1)),
+            _ => Ok(redirect(node, &bolt)),
+        },
         Err(Refusal::UnknownEnvoy(envoy_id)) => match adopt_on_certificate(node, &envoy_id, peer_cert).await {
             Ok(true) => Ok(backoff(1)),
             Ok(false) => Err(Refusal::UnknownEnvoy(envoy_id)),
@@ -419,7 +425,6 @@ pub async fn follow_up(
                 Err(Refusal::UnknownEnvoy(envoy_id))
             }
         },
-        Err(Refusal::Moved { bolt, .. }) => Ok(redirect(node, &bolt)),
         Err(Refusal::Elsewhere { envoy_id, bolt }) => match hand_off(node, &envoy_id, &bolt).await {
             Ok(()) => Ok(redirect(node, &bolt)),
             Err(e) => {

@@ -407,15 +407,23 @@ fn a_dead_bolt_is_auto_drained_its_envoys_turn_to_a_healthy_one_and_go_back_when
         }
         std::thread::sleep(Duration::from_secs(1));
     }
-    assert!(
-        home,
-        "eu-1 handed the envoy back: {:?}; the envoy's last run: {last}; eu: {}; us: {}; envoy: {}",
-        held(&eu),
-        roster(&eu),
-        us.cli_json(&["envoys", "list", "--local"]),
-        std::fs::read_to_string(envoy.join("identity/enrollment.json")).unwrap()
-    );
+    assert!(home, "eu-1 handed the envoy back: {:?}; the envoy's last run: {last}", held(&eu));
     assert_eq!(held(&us).0, ["web-1.us"]);
+
+    // Revoked at us-1, the envoy is revoked for every bolt: with us-1 gone again, eu-1 does not
+    // take it back in.
+    us.cli_ok(&["envoys", "revoke", "web-1.us"]);
+    eventually_roster(&eu, "eu-1 learns the revocation", Duration::from_secs(30), |s| s["revoked_envoys"] == 1);
+    us.kill();
+    eventually_roster(&eu, "us-1 auto-drained again", Duration::from_secs(30), |s| {
+        drained_to(s, "us-1").as_deref() == Some("eu-1")
+    });
+    for _ in 0..2 {
+        let out = support::envoy_once(&envoy, &root, &[]);
+        assert!(out.status.success(), "the envoy goes on offline: {}", text(&out));
+    }
+    assert!(held(&eu).0.is_empty(), "eu-1 holds no revoked envoy: {:?}", held(&eu));
+    assert_eq!(events_of(&eu, "EnvoyAdopted").len(), 1, "taken in once, before the revocation");
 }
 
 #[test]

@@ -182,6 +182,11 @@ impl Roster {
         self.revoked.insert(cert_sha256);
     }
 
+    /// How many envoys were revoked at any bolt.
+    pub fn n_revoked(&self) -> usize {
+        self.revoked.len()
+    }
+
     /// Whether the envoy with this certificate was revoked at some bolt.
     pub fn is_revoked(&self, cert_sha256: &[u8; 32]) -> bool {
         self.revoked.contains(cert_sha256)

@@ -243,7 +243,8 @@ impl Admin for AdminService {
             .map(|(hostname, to)| SpannerRoute { hostname: hostname.clone(), to: to.clone() })
             .collect();
         let bolt = self.node.settings.bolt.as_ref().map(|b| b.id.clone()).unwrap_or_default();
-        Ok(Response::new(SpannerStatusResponse { bolt, bolts, reassigned }))
+        let revoked_envoys = roster.n_revoked() as u64;
+        Ok(Response::new(SpannerStatusResponse { bolt, bolts, reassigned, revoked_envoys }))
     }
 
     async fn spanner_reassign(
