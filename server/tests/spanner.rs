@@ -223,8 +223,13 @@ fn three_bolts_federate_gossip_their_rosters_and_report_a_dead_bolt() {
     assert!(err.contains("bolt ap-1 did not answer, its envoys are missing"), "{err}");
     let compliance = a.cli_json(&["report", "compliance"]);
     assert_eq!(compliance["unanswered"][0]["bolt"], "ap-1", "{compliance}");
+    // A publish while ap-1 is away reaches it when it is back.
+    support::generation_stack(&stack, "three");
+    assert_eq!(a.cli_ok(&["config", "publish", stack.to_str().unwrap()]).trim(), "3");
+    let third = live_stack(&a);
     let c = Server::start_with(&c_dir, &c_addr, &c_flags);
     eventually_roster(&a, "ap-1 online again", Duration::from_secs(20), |s| health_of(s, "ap-1")["online"] == true);
+    eventually(&c, "ap-1 catches up with the publish it missed", Duration::from_secs(30), |s| live_stack(s) == third);
     assert_eq!(bolt_ids(&roster(&c)), all);
 }
 
