@@ -12,13 +12,10 @@
 # system CPU and maximum RSS come from wait4's resource usage. Work files go to $ENVOY_DIR (removed unless KEEP=1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+source benches/release.sh
 
 RESOURCES="${RESOURCES:-200}"
 RUNS="${RUNS:-20}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/vigo-target}"
-cargo build --release --workspace --bins --quiet
-BIN="$CARGO_TARGET_DIR/release"
 
 ENVOY_DIR="${ENVOY_DIR:-$(mktemp -d /var/tmp/envoy-run.XXXXXX)}"
 mkdir -p "$ENVOY_DIR"

@@ -10,7 +10,7 @@
 # when missing. Work files go to $HA_DIR (a temporary folder, removed afterwards unless KEEP=1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+source benches/release.sh
 if ! command -v etcd >/dev/null; then
   echo "ha.sh: installing etcd-server (Debian) for the comparison" >&2
   SUDO=""
@@ -18,10 +18,6 @@ if ! command -v etcd >/dev/null; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends etcd-server >/dev/null
 fi
-
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/vigo-target}"
-cargo build --release --workspace --bins --quiet
-BIN="$CARGO_TARGET_DIR/release"
 
 HA_DIR="${HA_DIR:-$(mktemp -d /var/tmp/ha.XXXXXX)}"
 mkdir -p "$HA_DIR"

@@ -11,11 +11,8 @@
 # Work files go to $SPANNER_DIR (a temporary folder, removed afterwards unless KEEP=1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+source benches/release.sh
 
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/vigo-target}"
-cargo build --release --workspace --bins --quiet
-BIN="$CARGO_TARGET_DIR/release"
 
 SPANNER_DIR="${SPANNER_DIR:-$(mktemp -d /var/tmp/spanner.XXXXXX)}"
 mkdir -p "$SPANNER_DIR"
@@ -31,22 +28,8 @@ trap cleanup EXIT INT TERM
 
 # Starts vigosrv with data dir $1 and the remaining flags; sets $grpc and $http.
 start() {
-  local dir="$1"
-  shift
-  RUST_LOG="${RUST_LOG:-warn}" "$BIN/vigosrv" run --data-dir "$dir" --listen 127.0.0.1:0 --http 127.0.0.1:0 "$@" \
-    > "$dir.out" 2> "$dir.log" &
-  pids+=($!)
-  for _ in $(seq 1 300); do
-    grep -q '^vigosrv http on' "$dir.out" 2>/dev/null && break
-    sleep 0.1
-  done
-  grpc=$(sed -n 's/^vigosrv listening on //p' "$dir.out")
-  http=$(sed -n 's/^vigosrv http on //p' "$dir.out")
-  if [ -z "$grpc" ] || [ -z "$http" ]; then
-    echo "spanner.sh: vigosrv did not start:" >&2
-    cat "$dir.log" >&2
-    exit 1
-  fi
+  start_vigosrv "$@"
+  pids+=("$vigosrv_pid")
 }
 
 # Waits until the roster of the bolt at $1 (admin creds $2) lists $3 bolts.

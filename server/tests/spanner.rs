@@ -257,15 +257,8 @@ fn envoys_land_on_the_owning_bolt_and_a_reassign_moves_them_at_their_next_check_
     let token = eu.cli_ok(&["token", "create", "--federate"]);
     let us_flags = ["--bolt", "us-1", "--bolt-pattern", "*.us", "--federate", &eu.addr, "--federation-token", &token];
     let us = Server::start_with(&tmp.path().join("us-1"), "127.0.0.1:0", &us_flags);
-    for bolt in [&eu, &us] {
-        eventually_roster(bolt, "both bolts known", Duration::from_secs(30), |s| bolt_ids(s) == ["eu-1", "us-1"]);
-    }
     // Published on eu-1, the stack reaches us-1 by config sync: same version, same content.
-    let stack = tmp.path().join("stack");
-    support::generation_stack(&stack, "7");
-    eu.cli_ok(&["config", "publish", stack.to_str().unwrap()]);
-    let published = live_stack(&eu);
-    eventually(&us, "us-1 takes eu-1's stack", Duration::from_secs(30), |us| live_stack(us) == published);
+    both_known_then_publish(&eu, &us, &tmp.path().join("stack"));
     assert_eq!(events_of(&us, "StackPublished")[0]["details"]["synced_from"], "eu-1");
 
     // Both enroll through eu-1; the one whose hostname us-1 owns lands there.
@@ -324,6 +317,18 @@ fn envoys_land_on_the_owning_bolt_and_a_reassign_moves_them_at_their_next_check_
     assert_eq!(events_of(&eu, "EnvoyHandedOff").len(), 2);
 }
 
+/// Waits until bolts eu-1 and us-1 know each other, publishes a stack (generation 7, written to
+/// `stack`) on eu-1 and waits until us-1 has taken it.
+fn both_known_then_publish(eu: &Server, us: &Server, stack: &std::path::Path) {
+    for bolt in [eu, us] {
+        eventually_roster(bolt, "both bolts known", Duration::from_secs(30), |s| bolt_ids(s) == ["eu-1", "us-1"]);
+    }
+    support::generation_stack(stack, "7");
+    eu.cli_ok(&["config", "publish", stack.to_str().unwrap()]);
+    let published = live_stack(eu);
+    eventually(us, "us-1 takes eu-1's stack", Duration::from_secs(30), |us| live_stack(us) == published);
+}
+
 /// The bolt named in a roster entry's drain, if it is drained.
 fn drained_to(status: &Value, id: &str) -> Option<String> {
     status["bolts"].as_array()?.iter().find(|b| b["id"] == id)?["drained_to"].as_str().map(str::to_string)
@@ -350,14 +355,7 @@ fn a_dead_bolt_is_auto_drained_its_envoys_turn_to_a_healthy_one_and_go_back_when
     ];
     let us_dir = tmp.path().join("us-1");
     let us = Server::start_with(&us_dir, "127.0.0.1:0", &us_flags);
-    for bolt in [&eu, &us] {
-        eventually_roster(bolt, "both bolts known", Duration::from_secs(30), |s| bolt_ids(s) == ["eu-1", "us-1"]);
-    }
-    let stack = tmp.path().join("stack");
-    support::generation_stack(&stack, "7");
-    eu.cli_ok(&["config", "publish", stack.to_str().unwrap()]);
-    let published = live_stack(&eu);
-    eventually(&us, "us-1 takes the stack", Duration::from_secs(30), |us| live_stack(us) == published);
+    both_known_then_publish(&eu, &us, &tmp.path().join("stack"));
 
     // An envoy of us-1, which knows eu-1's peers as its fallback.
     let envoy = tmp.path().join("web-1.us");
