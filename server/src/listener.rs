@@ -44,7 +44,10 @@ pub fn accept(listener: TcpListener, tls: Arc<rustls::ServerConfig>, sessions: O
                 let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => return tracing::debug!("TLS handshake failed: {e}"),
-                    Err(_) => return tracing::debug!("TLS handshake timed out"),
+                    // Rare unless the server is swamped (a whole fleet connecting at once): then
+                    // the client may already count itself connected, and sees its first request
+                    // go unanswered.
+                    Err(_) => return tracing::warn!("TLS handshake not done within {TLS_HANDSHAKE_TIMEOUT:?}; closed"),
                 };
                 if tls.get_ref().1.alpn_protocol() == Some(vigo_proto::session::ALPN) {
                     if let Some(node) = sessions {
