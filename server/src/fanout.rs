@@ -8,6 +8,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::sync::Arc;
 
 use tonic::Status;
 use vigo_proto::admin::{
@@ -29,8 +30,16 @@ pub async fn local_list(node: &Node, req: &ListEnvoysRequest) -> Result<ListEnvo
     let control = node.control();
     let live = control.stack_version();
     let store = node.fleet.trait_store();
-    let envoys = control
-        .envoys()
+    // The trait index narrows the envoys to look at; each is still checked in full.
+    let candidates = node.fleet.having(&query.index_terms()).map(|mut ids| {
+        ids.sort_unstable();
+        ids
+    });
+    let envoys: Box<dyn Iterator<Item = &Arc<EnvoyEntry>>> = match &candidates {
+        Some(ids) => Box::new(ids.iter().filter_map(|id| control.envoy(id))),
+        None => Box::new(control.envoys()),
+    };
+    let envoys = envoys
         .filter_map(|e| {
             let obs = node.fleet.get(&e.envoy_id).unwrap_or_default();
             if !query.is_empty() {

@@ -16,7 +16,7 @@
 use std::borrow::Cow;
 
 use vigo_proto::admin::Compliance;
-use vigo_state::{NodeId, TraitNode, TraitStore};
+use vigo_state::{IndexKey, NodeId, TraitNode, TraitStore};
 
 /// A refused expression, with the reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -114,6 +114,32 @@ impl Query {
     pub fn parse(exprs: &[String], now_ms: i64) -> Result<Self, QueryError> {
         let conditions = exprs.iter().map(|e| condition(e.trim(), now_ms)).collect::<Result<_, _>>()?;
         Ok(Self { conditions })
+    }
+
+    /// What the conditions ask of the fleet's [`vigo_state::TraitIndex`]: per condition on a
+    /// trait that can narrow, the index keys one of which a matching envoy must have. Every
+    /// candidate is still checked with [`Query::matches`]; these only leave out envoys that
+    /// cannot match. A path segment that is a number may index an array, which the index does
+    /// not key: it narrows no further than the segments before it.
+    pub fn index_terms(&self) -> Vec<Vec<IndexKey>> {
+        let numeric = |part: &String| part.parse::<usize>().is_ok();
+        let mut terms = Vec::new();
+        for (field, test) in &self.conditions {
+            let Field::Trait(path) = field else { continue };
+            let keyed = path.iter().take(2).take_while(|part| !numeric(part)).count();
+            if keyed == 0 {
+                continue;
+            }
+            let present = IndexKey { path: path[..keyed].to_vec(), value: None };
+            match test {
+                Test::Eq(v) if keyed == path.len() => {
+                    terms.push(vec![IndexKey { path: path.clone(), value: Some(v.clone()) }]);
+                }
+                Test::Eq(_) | Test::Ne(_) | Test::Gt(_) | Test::Lt(_) | Test::Exists => terms.push(vec![present]),
+                _ => {}
+            }
+        }
+        terms
     }
 
     /// Whether there are no conditions (every envoy matches).
@@ -377,6 +403,33 @@ mod tests {
         })
     }
 
+    #[test]
+    fn the_index_narrows_by_what_it_keys_and_no_further() {
+        let store = TraitStore::default();
+        let index = vigo_state::TraitIndex::default();
+        let docs = [
+            json!({"os": {"family": "debian"}, "packages": {"nginx": {"version": "1.22"}}, "tags": ["a"], "virtual": true}),
+            json!({"os": {"family": "rhel"}, "packages": {"curl": {"version": "8"}}, "tags": ["b"], "virtual": false}),
+        ];
+        for (i, doc) in docs.iter().enumerate() {
+            index.update(&store, &format!("e{i}"), None, Some(store.intern_json(&doc.to_string()).unwrap()));
+        }
+        let narrowed = |exprs: &[&str]| {
+            let exprs: Vec<String> = exprs.iter().map(|e| e.to_string()).collect();
+            index.having(&Query::parse(&exprs, NOW).unwrap().index_terms()).map(|mut ids| {
+                ids.sort();
+                ids
+            })
+        };
+        assert_eq!(narrowed(&["os.family=debian"]), Some(vec!["e0".to_string()]), "a value key");
+        assert_eq!(narrowed(&["virtual=true"]), Some(vec!["e0".to_string()]));
+        assert_eq!(narrowed(&["packages.nginx.version=1.22"]), Some(vec!["e0".to_string()]), "its first two levels");
+        assert_eq!(narrowed(&["os.family!=debian", "packages exists"]), Some(vec!["e0".into(), "e1".into()]));
+        assert_eq!(narrowed(&["tags.0=a"]), Some(vec!["e0".into(), "e1".into()]), "no further than an array");
+        assert_eq!(narrowed(&["0=not"]), None, "a number is not keyed: nothing to narrow by");
+        assert_eq!(narrowed(&["packages.nginx missing", "hostname=web-*"]), None);
+    }
+
     proptest! {
         /// Read in place from the interned store, every query selects exactly the envoys a scan
         /// of the plain documents selects.
@@ -395,6 +448,50 @@ mod tests {
                     .collect();
                 let scanned: Vec<bool> = fleet.iter().map(|doc| query.matches(&subject("h", NOW, Some(doc)))).collect();
                 prop_assert_eq!(on_store, scanned, "{:?}", exprs);
+            }
+        }
+
+        /// Narrowed by the trait index, every query still selects exactly the envoys a scan of
+        /// the plain documents selects, also after envoys' traits changed.
+        #[test]
+        fn queries_narrowed_by_the_index_equal_a_scan_of_the_documents(
+            first in prop::collection::vec(document(), 1..30),
+            changed in prop::collection::vec(proptest::option::of(document()), 1..30),
+            queries in prop::collection::vec(prop::collection::vec(expression(), 1..4), 1..8),
+        ) {
+            let store = TraitStore::default();
+            let index = vigo_state::TraitIndex::default();
+            let mut fleet = Vec::new();
+            for (i, doc) in first.iter().enumerate() {
+                let mut current = (doc.clone(), store.intern_json(&doc.to_string()).unwrap());
+                index.update(&store, &format!("e{i}"), None, Some(current.1));
+                // Some envoys send other traits later: the index forgets what they had.
+                if let Some(Some(next)) = changed.get(i) {
+                    let root = store.intern_json(&next.to_string()).unwrap();
+                    index.update(&store, &format!("e{i}"), Some(current.1), Some(root));
+                    current = (next.clone(), root);
+                }
+                fleet.push(current);
+            }
+            for exprs in &queries {
+                let query = Query::parse(exprs, NOW).unwrap();
+                let scanned: Vec<String> = fleet
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (doc, _))| query.matches(&subject("h", NOW, Some(doc))))
+                    .map(|(i, _)| format!("e{i}"))
+                    .collect();
+                let candidates = index.having(&query.index_terms());
+                let mut narrowed: Vec<String> = match &candidates {
+                    Some(ids) => ids.clone(),
+                    None => (0..fleet.len()).map(|i| format!("e{i}")).collect(),
+                };
+                narrowed.retain(|id| {
+                    let root = fleet[id[1..].parse::<usize>().unwrap()].1;
+                    query.matches(&subject("h", NOW, Some(StoreView { store: &store, id: root })))
+                });
+                narrowed.sort_by_key(|id| id[1..].parse::<usize>().unwrap());
+                prop_assert_eq!(narrowed, scanned, "{:?} narrowed to {:?}", exprs, candidates);
             }
         }
     }

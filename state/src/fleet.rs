@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use vigo_proto::admin::RunSummary;
 
+use crate::trait_index::{IndexKey, TraitIndex};
 use crate::traits::{HeldTraits, NodeId, TraitStore};
 
 /// Number of independently locked shards; a power of two well above the core count keeps
@@ -76,6 +77,8 @@ pub struct FleetIndex {
     hasher: RandomState,
     traits: Arc<TraitStore>,
     with_traits: AtomicUsize,
+    /// Which envoys have which traits, for queries.
+    index: TraitIndex,
 }
 
 impl Default for FleetIndex {
@@ -85,6 +88,7 @@ impl Default for FleetIndex {
             hasher: RandomState::new(),
             traits: Arc::new(TraitStore::default()),
             with_traits: AtomicUsize::new(0),
+            index: TraitIndex::default(),
         }
     }
 }
@@ -137,6 +141,7 @@ impl FleetIndex {
         }
         if let Some(root) = traits {
             obs.traits_hash = traits_hash.to_vec();
+            self.index.update(&self.traits, envoy_id, obs.traits, Some(root));
             match obs.traits.replace(root) {
                 // Under the shard lock, so no reader can be retaining `old` meanwhile.
                 Some(old) => self.traits.release(old),
@@ -145,6 +150,17 @@ impl FleetIndex {
                 }
             }
         }
+    }
+
+    /// The envoys whose traits have, for each entry of `all`, one of its keys (see
+    /// [`TraitIndex`]); `None` when `all` narrows nothing.
+    pub fn having(&self, all: &[Vec<IndexKey>]) -> Option<Vec<String>> {
+        self.index.having(all)
+    }
+
+    /// The query index's keys and the bytes of its bitmaps.
+    pub fn index_stats(&self) -> (usize, usize) {
+        self.index.stats()
     }
 
     /// Number of envoys whose traits are held.
@@ -251,6 +267,7 @@ impl FleetIndex {
         }
         if observation.traits.is_some() {
             self.with_traits.fetch_add(1, Ordering::Relaxed);
+            self.index.update(&self.traits, envoy_id, None, observation.traits);
         }
         shard.insert(Arc::from(envoy_id), Entry { observation, dirty: false });
     }

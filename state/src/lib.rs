@@ -13,6 +13,7 @@ pub mod control;
 pub mod fleet;
 pub mod fleet_store;
 pub mod roster;
+pub mod trait_index;
 pub mod traits;
 
 pub use chain::{ChainError, GENESIS_HASH, envelope_hash, seal, verify_next};
@@ -20,4 +21,5 @@ pub use control::{ControlError, ControlState, EnvoyEntry, KeyCache, LiveStack, P
 pub use fleet::{DirtyEnvoy, EnvoyObservation, FleetIndex, Replay};
 pub use fleet_store::{FleetStore, FlushReport, LoadReport, Scope, StoreError};
 pub use roster::{BoltEntry, BoltId, Clock, Health, Roster, Stamp};
+pub use trait_index::{IndexKey, TraitIndex};
 pub use traits::{HeldTraits, Node as TraitNode, NodeId, NodeKind, Restored, StoreStats, TraitStore, TraitsError};
