@@ -138,6 +138,21 @@ fn traits(c: &mut Criterion) {
             store.release(root);
         })
     });
+    // What a traits upload adds to the query index: one host's 150 KB inventory replaced by
+    // the next one's (one package upgraded), both already interned; done under its fleet shard's
+    // lock on the check-in that carries the traits.
+    let index = vigo_state::TraitIndex::default();
+    let before = store.intern_json(&json).unwrap();
+    let mut doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+    doc["packages"]["adduser"]["version"] = serde_json::json!("3.134+deb12u9");
+    let after = store.intern_json(&doc.to_string()).unwrap();
+    index.update(&store, "e-1", None, Some(before));
+    c.bench_function("trait_index/update_150k", |b| {
+        b.iter(|| {
+            index.update(&store, "e-1", Some(before), Some(after));
+            index.update(&store, "e-1", Some(after), Some(before));
+        })
+    });
 }
 
 /// What the fleet snapshot costs: writing 1,000 envoys that checked in (traits unchanged, so

@@ -48,34 +48,73 @@ pub fn scalar_text(node: &Node) -> Option<String> {
     }
 }
 
-/// The keys of the document rooted at `root`.
-pub fn keys_of(store: &TraitStore, root: NodeId) -> Vec<IndexKey> {
-    let mut keys = Vec::new();
-    let add = |path: Vec<String>, node: NodeId, keys: &mut Vec<IndexKey>| {
-        if let Some(text) = scalar_text(&store.node(node)) {
-            keys.push(IndexKey { path: path.clone(), value: Some(text) });
-        }
-        keys.push(IndexKey { path, value: None });
-    };
-    if !matches!(store.node(root), Node::Object(_)) {
-        return keys;
+/// The members of `node` when it is an object, as (name node, value node); none otherwise.
+fn members(store: &TraitStore, node: Option<NodeId>) -> Vec<(NodeId, NodeId)> {
+    match node.map(|id| store.node(id)) {
+        Some(Node::Object(ids)) => ids.chunks_exact(2).map(|pair| (pair[0], pair[1])).collect(),
+        _ => Vec::new(),
     }
-    for (name, child) in store.members(root) {
-        if matches!(store.node(child), Node::Object(_)) {
-            for (inner, grandchild) in store.members(child) {
-                add(vec![name.clone(), inner], grandchild, &mut keys);
+}
+
+/// The text of a name node.
+fn name(store: &TraitStore, id: NodeId) -> String {
+    scalar_text(&store.node(id)).unwrap_or_default()
+}
+
+/// The keys of the value `node` at `path`: its presence, and its text when it is a scalar.
+fn push_keys(store: &TraitStore, path: Vec<String>, node: NodeId, keys: &mut Vec<IndexKey>) {
+    if let Some(text) = scalar_text(&store.node(node)) {
+        keys.push(IndexKey { path: path.clone(), value: Some(text) });
+    }
+    keys.push(IndexKey { path, value: None });
+}
+
+/// For each name in `old` or `new` whose value differs between them: the name and both values.
+/// Interned nodes are equal exactly when their documents are (names included), so an unchanged
+/// member, however large, costs one comparison.
+fn changed(
+    store: &TraitStore,
+    old: &[(NodeId, NodeId)],
+    new: &[(NodeId, NodeId)],
+) -> Vec<(String, Option<NodeId>, Option<NodeId>)> {
+    let was: HashMap<NodeId, NodeId> = old.iter().copied().collect();
+    let is: HashMap<NodeId, NodeId> = new.iter().copied().collect();
+    let gone = old.iter().filter(|(key, _)| !is.contains_key(key)).map(|&(key, value)| (key, Some(value), None));
+    let differ = new
+        .iter()
+        .filter(|(key, value)| was.get(key) != Some(value))
+        .map(|&(key, value)| (key, was.get(&key).copied(), Some(value)));
+    gone.chain(differ).map(|(key, was, is)| (name(store, key), was, is)).collect()
+}
+
+/// The keys a document loses and gains when it goes from `old` to `new` (see the module docs).
+pub fn key_changes(store: &TraitStore, old: Option<NodeId>, new: Option<NodeId>) -> (Vec<IndexKey>, Vec<IndexKey>) {
+    let (mut lost, mut gained) = (Vec::new(), Vec::new());
+    for (name, was, is) in changed(store, &members(store, old), &members(store, new)) {
+        for (inner, was_inner, is_inner) in changed(store, &members(store, was), &members(store, is)) {
+            let path = vec![name.clone(), inner];
+            if let Some(node) = was_inner {
+                push_keys(store, path.clone(), node, &mut lost);
+            }
+            if let Some(node) = is_inner {
+                push_keys(store, path, node, &mut gained);
             }
         }
-        add(vec![name], child, &mut keys);
+        if let Some(node) = was {
+            push_keys(store, vec![name.clone()], node, &mut lost);
+        }
+        if let Some(node) = is {
+            push_keys(store, vec![name], node, &mut gained);
+        }
     }
-    keys
+    (lost, gained)
 }
 
 impl TraitIndex {
     /// Envoy `envoy_id`'s traits change from `old` to `new` (either may be absent).
     pub fn update(&self, store: &TraitStore, envoy_id: &str, old: Option<NodeId>, new: Option<NodeId>) {
-        let old_keys = old.map(|root| keys_of(store, root)).unwrap_or_default();
-        let new_keys = new.map(|root| keys_of(store, root)).unwrap_or_default();
+        // Only what changed; the lost keys go before the gained ones, which may hold some again.
+        let (old_keys, new_keys) = key_changes(store, old, new);
         let mut inner = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let slot = match inner.slots.get(envoy_id) {
             Some(slot) => *slot,
