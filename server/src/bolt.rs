@@ -12,7 +12,7 @@ use anyhow::Context;
 use rustls::pki_types::CertificateDer;
 use sha2::Digest;
 use vigo_proto::agent::check_in_response::Reply;
-use vigo_proto::agent::{Backoff, CheckInResponse, Redirect};
+use vigo_proto::agent::{CheckInResponse, Redirect};
 use vigo_proto::events::event::Kind;
 use vigo_proto::events::{
     BoltDrained, BoltRegistered, EnvoyAdopted, EnvoyHandedOff, EnvoysReassigned, RosterDelta, RosterMerged,
@@ -414,11 +414,11 @@ pub async fn follow_up(
         // Handed off from here, and routed here again (its bolt drained here, or reassigned):
         // taken in again on its certificate rather than sent to a bolt that may be away.
         Err(Refusal::Moved { envoy_id, bolt }) => match adopt_on_certificate(node, &envoy_id, peer_cert).await {
-            Ok(true) => Ok(backoff(1)),
+            Ok(true) => Ok(crate::check_in::backoff(1)),
             _ => Ok(redirect(node, &bolt)),
         },
         Err(Refusal::UnknownEnvoy(envoy_id)) => match adopt_on_certificate(node, &envoy_id, peer_cert).await {
-            Ok(true) => Ok(backoff(1)),
+            Ok(true) => Ok(crate::check_in::backoff(1)),
             Ok(false) => Err(Refusal::UnknownEnvoy(envoy_id)),
             Err(e) => {
                 tracing::warn!(envoy_id, "cannot take the envoy in on its certificate: {e:#}");
@@ -429,18 +429,10 @@ pub async fn follow_up(
             Ok(()) => Ok(redirect(node, &bolt)),
             Err(e) => {
                 tracing::warn!(envoy_id, bolt, "cannot hand the envoy off yet: {e:#}");
-                Ok(backoff(limits::HAND_OFF_RETRY_S))
+                Ok(crate::check_in::backoff(limits::HAND_OFF_RETRY_S))
             }
         },
         other => other,
-    }
-}
-
-fn backoff(retry_after_s: u32) -> CheckInResponse {
-    CheckInResponse {
-        reply: Some(Reply::Backoff(Backoff { retry_after_s })),
-        next_check_in_s: retry_after_s,
-        ..Default::default()
     }
 }
 

@@ -213,7 +213,7 @@ pub fn check_in(
 }
 
 /// `Backoff`: come back in `retry_after_s` seconds, and not before.
-fn backoff(retry_after_s: u32) -> CheckInResponse {
+pub fn backoff(retry_after_s: u32) -> CheckInResponse {
     CheckInResponse {
         reply: Some(Reply::Backoff(Backoff { retry_after_s })),
         send_traits: false,
