@@ -97,13 +97,30 @@ impl Envoy {
         if let Some(channel) = &self.channel {
             return Some(AgentClient::new(channel.clone()));
         }
-        let tried = self.identity.servers.iter().chain(&self.identity.fallback).cloned().collect::<Vec<_>>();
-        for (i, server) in tried.iter().enumerate() {
-            match vigo_proto::tls::connect(server, self.identity.tls.clone(), CALL_TIMEOUT).await {
-                Ok(channel) => {
+        let tls = self.identity.tls.clone();
+        let channel = self
+            .connect_first(|server| {
+                let tls = tls.clone();
+                async move { vigo_proto::tls::connect(&server, tls, CALL_TIMEOUT).await }
+            })
+            .await?;
+        self.channel = Some(channel.clone());
+        Some(AgentClient::new(channel))
+    }
+
+    /// Connects with `connect` to the first address that answers: this envoy's servers, then
+    /// the other bolts' (`fallback`).
+    async fn connect_first<T, E, Fut>(&mut self, connect: impl Fn(String) -> Fut) -> Option<T>
+    where
+        Fut: std::future::Future<Output = Result<T, E>>,
+        E: std::fmt::Display,
+    {
+        let tried: Vec<String> = self.identity.servers.iter().chain(&self.identity.fallback).cloned().collect();
+        for (i, server) in tried.into_iter().enumerate() {
+            match connect(server.clone()).await {
+                Ok(connected) => {
                     self.answered_at(i);
-                    self.channel = Some(channel.clone());
-                    return Some(AgentClient::new(channel));
+                    return Some(connected);
                 }
                 Err(e) => tracing::warn!("server {server} unreachable: {e}"),
             }
@@ -253,17 +270,13 @@ impl Envoy {
     /// The held session, opened to the first server that answers when there is none.
     async fn session(&mut self) -> Option<&mut Session> {
         if self.session.is_none() {
-            let tried = self.identity.servers.iter().chain(&self.identity.fallback).cloned().collect::<Vec<_>>();
-            for (i, server) in tried.iter().enumerate() {
-                match Session::connect(server, None, self.session_tls.clone(), CALL_TIMEOUT).await {
-                    Ok(session) => {
-                        self.answered_at(i);
-                        self.session = Some(session);
-                        break;
-                    }
-                    Err(e) => tracing::warn!("server {server} unreachable: {}", e.message()),
-                }
-            }
+            let tls = self.session_tls.clone();
+            self.session = self
+                .connect_first(|server| {
+                    let tls = tls.clone();
+                    async move { Session::connect(&server, None, tls, CALL_TIMEOUT).await }
+                })
+                .await;
         }
         self.session.as_mut()
     }
