@@ -108,8 +108,14 @@ fn metrics_page(node: &Node, now_ms: i64) -> String {
     render_gauge(
         &mut out,
         "vigo_trait_heap_bytes",
-        "Bytes of the trait values' strings, numbers and member lists.",
+        "Bytes of the trait values' strings, numbers and member lists held in memory.",
         traits.heap_bytes,
+    );
+    render_gauge(
+        &mut out,
+        "vigo_trait_nodes_cold",
+        "Large trait arrays and objects (package lists) held in the fleet snapshot only.",
+        traits.cold,
     );
     render_gauge(
         &mut out,

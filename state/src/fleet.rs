@@ -79,6 +79,20 @@ pub struct FleetIndex {
     with_traits: AtomicUsize,
     /// Which envoys have which traits, for queries.
     index: TraitIndex,
+    /// Traits changes not yet in `index`, oldest first, each holding a reference to both
+    /// documents: the update reads the replaced document, whose large values may be on disk
+    /// only, so it waits for [`Self::settle_index`], off the check-in path.
+    index_pending: Mutex<Vec<IndexChange>>,
+    /// Held while changes are applied, so they are applied in the order they were made.
+    index_settling: Mutex<()>,
+}
+
+/// An envoy's traits went from `old` to `new` (roots, one reference each).
+#[derive(Debug)]
+struct IndexChange {
+    envoy_id: Arc<str>,
+    old: Option<NodeId>,
+    new: NodeId,
 }
 
 impl Default for FleetIndex {
@@ -89,6 +103,8 @@ impl Default for FleetIndex {
             traits: Arc::new(TraitStore::default()),
             with_traits: AtomicUsize::new(0),
             index: TraitIndex::default(),
+            index_pending: Mutex::new(Vec::new()),
+            index_settling: Mutex::new(()),
         }
     }
 }
@@ -141,20 +157,38 @@ impl FleetIndex {
         }
         if let Some(root) = traits {
             obs.traits_hash = traits_hash.to_vec();
-            self.index.update(&self.traits, envoy_id, obs.traits, Some(root));
-            match obs.traits.replace(root) {
-                // Under the shard lock, so no reader can be retaining `old` meanwhile.
-                Some(old) => self.traits.release(old),
-                None => {
-                    self.with_traits.fetch_add(1, Ordering::Relaxed);
-                }
+            // The observation's reference to the old root passes to the pending change, which
+            // takes one more to the new; queued under the shard lock, so one envoy's changes
+            // queue in the order they were made.
+            let old = obs.traits.replace(root);
+            if old.is_none() {
+                self.with_traits.fetch_add(1, Ordering::Relaxed);
             }
+            self.traits.retain(root);
+            let change = IndexChange { envoy_id: entry_id(&shard, envoy_id), old, new: root };
+            lock_plain(&self.index_pending).push(change);
+        }
+    }
+
+    /// Applies the traits changes queued since the last call to the query index, in order,
+    /// and gives back the documents they held. May read cold traits from the snapshot: for
+    /// the snapshot writer and queries, never the check-in path (I-3).
+    pub fn settle_index(&self) {
+        let _settling = lock_plain(&self.index_settling);
+        let changes = std::mem::take(&mut *lock_plain(&self.index_pending));
+        for change in changes {
+            self.index.update(&self.traits, &change.envoy_id, change.old, Some(change.new));
+            if let Some(old) = change.old {
+                self.traits.release(old);
+            }
+            self.traits.release(change.new);
         }
     }
 
     /// The envoys whose traits have, for each entry of `all`, one of its keys (see
     /// [`TraitIndex`]); `None` when `all` narrows nothing.
     pub fn having(&self, all: &[Vec<IndexKey>]) -> Option<Vec<String>> {
+        self.settle_index();
         self.index.having(all)
     }
 
@@ -274,8 +308,17 @@ impl FleetIndex {
 }
 
 fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
-    // A panic while holding a shard leaves plain data behind; keep serving it.
-    shard.lock().unwrap_or_else(|p| p.into_inner())
+    lock_plain(shard)
+}
+
+fn lock_plain<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain data behind; keep serving it.
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The shard's own copy of an envoy's id (shared, not copied).
+fn entry_id(shard: &Shard, envoy_id: &str) -> Arc<str> {
+    shard.get_key_value(envoy_id).map_or_else(|| Arc::from(envoy_id), |(id, _)| id.clone())
 }
 
 #[cfg(test)]
@@ -312,6 +355,8 @@ mod tests {
         assert_eq!(store.to_json(held.root()), r#"{"a":1}"#);
         drop(held);
         assert_eq!(fleet.n_with_traits(), 1, "replaced, not added");
+        assert!(store.stats().nodes > 3, "the old document waits for the index update");
+        fleet.settle_index();
         assert_eq!(store.to_json(fleet.traits_if_current("e1", b"h2").unwrap().root()), r#"{"b":2}"#);
         assert_eq!(store.stats().nodes, 3, "only {{\"b\":2}}, \"b\" and 2 are left");
 

@@ -21,13 +21,15 @@
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prost::Message;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use vigo_proto::fleet::{EnvoyRecord, TraitNode as NodeRow};
 
 use crate::fleet::{DirtyEnvoy, EnvoyObservation, FleetIndex};
+use crate::traits::ColdRows;
 
 /// Version of the tables below, in SQLite's `user_version`.
 const SCHEMA_VERSION: i64 = 1;
@@ -48,6 +50,14 @@ pub enum StoreError {
         /// What SQLite said.
         #[source]
         source: rusqlite::Error,
+    },
+    /// Traits that left memory could not be read back.
+    #[error("fleet snapshot {}: {reason}", path.display())]
+    Cold {
+        /// The database file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
     },
     /// The file was written by a newer schema.
     #[error("fleet snapshot {}: schema version {found} is newer than this server's {SCHEMA_VERSION}", path.display())]
@@ -76,6 +86,8 @@ pub struct LoadReport {
     /// Whether the rows did not match the rebuilt store one to one (a crash between a
     /// node's free and its row's deletion): the first flush rewrites the snapshot.
     pub rewrite: bool,
+    /// Large trait values left in the file only, not in memory.
+    pub cold: usize,
 }
 
 /// What one [`FleetStore::flush`] wrote.
@@ -108,6 +120,9 @@ pub struct FleetStore {
     pending_deletes: VecDeque<Vec<u32>>,
     /// Set after a failed write: the next flush rewrites everything from empty tables.
     rewrite: bool,
+    /// Whether the trait store forgot its rows for that rewrite yet (it reads its cold nodes
+    /// back first, which may fail and is then tried again).
+    forgotten: bool,
 }
 
 impl std::fmt::Debug for FleetStore {
@@ -133,7 +148,7 @@ impl FleetStore {
         }
         conn.execute_batch(SCHEMA).map_err(sqlite)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(sqlite)?;
-        Ok(Self { conn, path: path.to_path_buf(), pending_deletes: VecDeque::new(), rewrite: false })
+        Ok(Self { conn, path: path.to_path_buf(), pending_deletes: VecDeque::new(), rewrite: false, forgotten: false })
     }
 
     fn sqlite(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
@@ -184,11 +199,16 @@ impl FleetStore {
             fleet.restore(&envoy_id, observation);
             report.envoys += 1;
         }
+        // From here on large trait values leave memory once written, and are read back
+        // from this file.
+        fleet.trait_store().attach(Arc::new(SnapshotRows::open(&self.path)?));
         if restored.duplicates {
             // Rows written before a crash that no longer match the store one to one: the first
-            // flush writes the whole fleet anew.
+            // flush writes the whole fleet anew (and nothing goes cold before).
             self.start_over(fleet);
             report.rewrite = true;
+        } else {
+            report.cold = fleet.trait_store().evict_all_written();
         }
         Ok(report)
     }
@@ -210,6 +230,15 @@ impl FleetStore {
     pub fn flush(&mut self, fleet: &FleetIndex, scope: Scope) -> Result<FlushReport, StoreError> {
         let started = Instant::now();
         let store = fleet.trait_store();
+        // Work deferred off the check-in path: index updates, and freeing replaced documents'
+        // cold values (both may read this file).
+        fleet.settle_index();
+        store.settle();
+        if self.rewrite && !self.forgotten {
+            store.forget_rows().map_err(|reason| StoreError::Cold { path: self.path.clone(), reason })?;
+            self.pending_deletes.clear();
+            self.forgotten = true;
+        }
         let scope = if self.rewrite { Scope::All } else { scope };
         // Freed rows are taken before the dirty envoys: an envoy that let go of a node did so
         // before the node was freed, so it is dirty by now, and its new record is written
@@ -252,6 +281,7 @@ impl FleetStore {
                 };
                 store.rows_deleted(deletes);
                 self.rewrite = false;
+                store.evict_written(&nodes);
                 Ok(report)
             }
             Err(e) => {
@@ -263,10 +293,9 @@ impl FleetStore {
 
     /// Makes the next flush write the whole fleet into emptied tables.
     fn start_over(&mut self, fleet: &FleetIndex) {
-        fleet.trait_store().forget_rows();
         fleet.mark_all_dirty();
-        self.pending_deletes.clear();
         self.rewrite = true;
+        self.forgotten = false;
     }
 
     fn write(
@@ -321,6 +350,33 @@ impl FleetStore {
             Ok(n as usize)
         };
         Ok((count("envoys")?, count("trait_nodes")?))
+    }
+}
+
+/// The snapshot as the trait store reads its cold nodes back: a read-only connection of its
+/// own, which in WAL mode sees every committed flush and never waits for the writer.
+struct SnapshotRows {
+    conn: Mutex<Connection>,
+}
+
+impl SnapshotRows {
+    fn open(path: &Path) -> Result<Self, StoreError> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags)
+            .map_err(|source| StoreError::Sqlite { path: path.to_path_buf(), source })?;
+        Ok(Self { conn: Mutex::new(conn) })
+    }
+}
+
+impl ColdRows for SnapshotRows {
+    fn children(&self, row: u32) -> Result<Vec<u32>, String> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let bytes: Vec<u8> = conn
+            .prepare_cached("SELECT node FROM trait_nodes WHERE row = ?1")
+            .and_then(|mut select| select.query_row([row], |r| r.get(0)))
+            .map_err(|e| format!("trait row {row}: {e}"))?;
+        let node = NodeRow::decode(bytes.as_slice()).map_err(|e| format!("trait row {row} does not decode: {e}"))?;
+        Ok(node.children)
     }
 }
 

@@ -93,15 +93,54 @@ pub enum TraitsError {
     Full,
 }
 
+/// Arrays and objects with at least this many child ids (32 members of an object) leave memory
+/// once the fleet snapshot holds them: a host's package list, not the package entries it
+/// shares with the fleet.
+pub const COLD_MIN_IDS: usize = 64;
+
+/// Where the items of nodes that left memory are read back from: the fleet snapshot
+/// (`vigo_state::fleet_store`).
+pub trait ColdRows: Send + Sync {
+    /// The rows of the children of the node written as `row`, in order.
+    fn children(&self, row: u32) -> Result<Vec<u32>, String>;
+}
+
+/// A node as the arena keeps it: whole, or (a large array or object the snapshot already
+/// holds) only its kind, its number of child ids and its row.
+#[derive(Debug, Clone)]
+enum Slot {
+    Hot(Node),
+    Cold { object: bool, ids: u32, row: u32 },
+}
+
+impl Slot {
+    fn hot(&self) -> Option<&Node> {
+        match self {
+            Slot::Hot(node) => Some(node),
+            Slot::Cold { .. } => None,
+        }
+    }
+}
+
+/// No node: an entry of `Rows::by_row` whose row holds nothing in memory.
+const NO_NODE: NodeId = NodeId::MAX;
+
 #[derive(Default)]
 struct Arena {
-    nodes: Vec<Node>,
+    nodes: Vec<Slot>,
     refs: Vec<u32>,
     free: Vec<NodeId>,
     table: HashTable<NodeId>,
     hasher: RandomState,
     heap_bytes: usize,
     rows: Rows,
+    /// Where cold nodes are read back from; without it nothing leaves memory.
+    source: Option<Arc<dyn ColdRows>>,
+    /// Nodes that left memory.
+    n_cold: usize,
+    /// Cold nodes whose last reference went: their children are given back by
+    /// [`TraitStore::settle`], which reads them from the snapshot off the check-in path.
+    cold_dropped: Vec<NodeId>,
 }
 
 /// Where the nodes stand in the fleet snapshot (`vigo_state::fleet_store`): each node's row,
@@ -116,6 +155,24 @@ struct Rows {
     spare: Vec<u32>,
     /// Highest row given out so far.
     last: u32,
+    /// The node under each row (`NO_NODE` for none): how a cold node's children are found.
+    by_row: Vec<NodeId>,
+}
+
+impl Rows {
+    fn bind(&mut self, row: u32, id: NodeId) {
+        let at = row as usize;
+        if self.by_row.len() <= at {
+            self.by_row.resize(at + 1, NO_NODE);
+        }
+        self.by_row[at] = id;
+    }
+
+    fn unbind(&mut self, row: u32) {
+        if let Some(slot) = self.by_row.get_mut(row as usize) {
+            *slot = NO_NODE;
+        }
+    }
 }
 
 impl Arena {
@@ -128,7 +185,7 @@ impl Arena {
     fn intern(&mut self, node: Node) -> Result<NodeId, TraitsError> {
         let hash = self.hash(&node);
         let nodes = &self.nodes;
-        if let Some(&id) = self.table.find(hash, |&id| nodes[id as usize] == node) {
+        if let Some(&id) = self.table.find(hash, |&id| nodes[id as usize].hot() == Some(&node)) {
             self.refs[id as usize] += 1;
             for &child in node.children() {
                 self.release(child);
@@ -139,17 +196,18 @@ impl Arena {
             Some(id) => id,
             None => {
                 let id = NodeId::try_from(self.nodes.len()).map_err(|_| TraitsError::Full)?;
-                self.nodes.push(Node::Null);
+                self.nodes.push(Slot::Hot(Node::Null));
                 self.refs.push(0);
                 self.rows.of.push(0);
                 id
             }
         };
         self.heap_bytes += node.heap_bytes();
-        self.nodes[id as usize] = node;
+        self.nodes[id as usize] = Slot::Hot(node);
         self.refs[id as usize] = 1;
         let (nodes, hasher) = (&self.nodes, &self.hasher);
-        self.table.insert_unique(hash, id, |&id| hasher.hash_one(&nodes[id as usize]));
+        // Only hot nodes are in the table (a node leaves it when it goes cold).
+        self.table.insert_unique(hash, id, |&id| nodes[id as usize].hot().map_or(0, |n| hasher.hash_one(n)));
         Ok(id)
     }
 
@@ -162,19 +220,100 @@ impl Arena {
             if *refs > 0 {
                 continue;
             }
-            let hash = self.hash(&self.nodes[id as usize]);
+            let Slot::Hot(node) = &self.nodes[id as usize] else {
+                // Its children are on disk: they are given back by `settle`.
+                self.cold_dropped.push(id);
+                continue;
+            };
+            let hash = self.hash(node);
             if let Ok(entry) = self.table.find_entry(hash, |&other| other == id) {
                 entry.remove();
             }
-            let node = std::mem::replace(&mut self.nodes[id as usize], Node::Null);
+            let node = self.free_slot(id);
             self.heap_bytes -= node.heap_bytes();
-            let row = std::mem::take(&mut self.rows.of[id as usize]);
-            if row != 0 {
-                self.rows.freed.push(row);
-            }
             pending.extend_from_slice(node.children());
-            self.free.push(id);
         }
+    }
+
+    /// Empties slot `id` for reuse, handing its row to the deletions; returns what it held.
+    fn free_slot(&mut self, id: NodeId) -> Node {
+        let slot = std::mem::replace(&mut self.nodes[id as usize], Slot::Hot(Node::Null));
+        let row = std::mem::take(&mut self.rows.of[id as usize]);
+        if row != 0 {
+            self.rows.freed.push(row);
+            self.rows.unbind(row);
+        }
+        self.free.push(id);
+        match slot {
+            Slot::Hot(node) => node,
+            Slot::Cold { .. } => Node::Null,
+        }
+    }
+
+    /// Cold node `id` as it was when hot, read back from the snapshot.
+    fn load(&self, id: NodeId) -> Result<Node, String> {
+        let Slot::Cold { object, ids, row } = self.nodes[id as usize] else {
+            return Ok(self.nodes[id as usize].hot().cloned().unwrap_or(Node::Null));
+        };
+        let source = self.source.as_ref().ok_or("no fleet snapshot to read cold traits from")?;
+        let rows = source.children(row)?;
+        if rows.len() != ids as usize {
+            return Err(format!("trait row {row} has {} children, not {ids}", rows.len()));
+        }
+        let children = rows
+            .iter()
+            .map(|&child| match self.rows.by_row.get(child as usize) {
+                Some(&id) if id != NO_NODE => Ok(id),
+                _ => Err(format!("trait row {row} names row {child}, which holds no value")),
+            })
+            .collect::<Result<Box<[NodeId]>, String>>()?;
+        Ok(if object { Node::Object(children) } else { Node::Array(children) })
+    }
+
+    /// Node `id`, read back from the snapshot when cold. A cold node that cannot be read reads
+    /// as `null`, and says so in the log.
+    fn view(&self, id: NodeId) -> std::borrow::Cow<'_, Node> {
+        match &self.nodes[id as usize] {
+            Slot::Hot(node) => std::borrow::Cow::Borrowed(node),
+            Slot::Cold { .. } => std::borrow::Cow::Owned(self.load(id).unwrap_or_else(|e| {
+                tracing::error!("cold traits unreadable, read as null: {e}");
+                Node::Null
+            })),
+        }
+    }
+
+    /// Sends node `id` out of memory when it is a large array or object the snapshot holds.
+    fn evict(&mut self, id: NodeId) -> bool {
+        let row = self.rows.of[id as usize];
+        if self.source.is_none() || row == 0 || self.refs[id as usize] == 0 {
+            return false;
+        }
+        let Slot::Hot(node @ (Node::Array(_) | Node::Object(_))) = &self.nodes[id as usize] else { return false };
+        if node.children().len() < COLD_MIN_IDS {
+            return false;
+        }
+        let hash = self.hash(node);
+        if let Ok(entry) = self.table.find_entry(hash, |&other| other == id) {
+            entry.remove();
+        }
+        self.heap_bytes -= node.heap_bytes();
+        let (object, ids) = (matches!(node, Node::Object(_)), node.children().len() as u32);
+        self.nodes[id as usize] = Slot::Cold { object, ids, row };
+        self.n_cold += 1;
+        true
+    }
+
+    /// Brings cold node `id` back into memory. It stays out of the table: a later equal
+    /// value gets a node of its own, which costs memory, never correctness.
+    fn warm(&mut self, id: NodeId) -> Result<(), String> {
+        if self.nodes[id as usize].hot().is_some() {
+            return Ok(());
+        }
+        let node = self.load(id)?;
+        self.heap_bytes += node.heap_bytes();
+        self.nodes[id as usize] = Slot::Hot(node);
+        self.n_cold -= 1;
+        Ok(())
     }
 
     fn assign_rows(&mut self, id: NodeId, out: &mut Vec<(u32, NodeRow)>) -> u32 {
@@ -182,14 +321,22 @@ impl Arena {
         if row != 0 {
             return row;
         }
-        let children: Vec<u32> =
-            self.nodes[id as usize].children().to_vec().into_iter().map(|child| self.assign_rows(child, out)).collect();
+        // A cold node always has its row (it went cold after being written, and
+        // `TraitStore::forget_rows` warms every node first), so this one is hot.
+        let children: Vec<u32> = self.nodes[id as usize]
+            .hot()
+            .map(|node| node.children().to_vec())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|child| self.assign_rows(child, out))
+            .collect();
         let row = self.rows.spare.pop().unwrap_or_else(|| {
             self.rows.last += 1;
             self.rows.last
         });
         self.rows.of[id as usize] = row;
-        let (kind, boolean, text) = match &self.nodes[id as usize] {
+        self.rows.bind(row, id);
+        let (kind, boolean, text) = match self.nodes[id as usize].hot().unwrap_or(&Node::Null) {
             Node::Null => (RowKind::Null, false, ""),
             Node::Bool(b) => (RowKind::Bool, *b, ""),
             Node::Number(n) => (RowKind::Number, false, &**n),
@@ -255,6 +402,7 @@ impl Arena {
         if self.rows.of[id as usize] == 0 {
             self.rows.of[id as usize] = row;
         }
+        self.rows.bind(row, id);
         self.refs[id as usize] += 1;
         memo.insert(row, id);
         Some(id)
@@ -262,7 +410,7 @@ impl Arena {
 
     fn string_of(&self, id: NodeId) -> &str {
         match &self.nodes[id as usize] {
-            Node::String(s) => s,
+            Slot::Hot(Node::String(s)) => s,
             _ => "",
         }
     }
@@ -288,6 +436,8 @@ pub struct StoreStats {
     pub nodes: usize,
     /// Bytes of their strings, numbers and member lists (the slots themselves not counted).
     pub heap_bytes: usize,
+    /// Of the nodes, the large arrays and objects whose items are only in the snapshot.
+    pub cold: usize,
 }
 
 impl TraitStore {
@@ -315,7 +465,7 @@ impl TraitStore {
                 return Err(TraitsError::Json(e.to_string()));
             }
         };
-        if !matches!(arena.nodes[root as usize], Node::Object(_)) {
+        if !matches!(arena.nodes[root as usize], Slot::Hot(Node::Object(_))) {
             arena.release(root);
             return Err(TraitsError::NotAnObject);
         }
@@ -332,26 +482,26 @@ impl TraitStore {
         self.write().release(id);
     }
 
-    /// A copy of node `id`.
+    /// A copy of node `id` (read back from the snapshot when it is cold).
     pub fn node(&self, id: NodeId) -> Node {
-        self.read().nodes[id as usize].clone()
+        self.read().view(id).into_owned()
     }
 
     /// What kind of value node `id` is.
     pub fn kind(&self, id: NodeId) -> NodeKind {
         match &self.read().nodes[id as usize] {
-            Node::Null => NodeKind::Null,
-            Node::Bool(_) => NodeKind::Bool,
-            Node::Number(_) => NodeKind::Number,
-            Node::String(_) => NodeKind::String,
-            Node::Array(_) => NodeKind::Array,
-            Node::Object(_) => NodeKind::Object,
+            Slot::Hot(Node::Null) => NodeKind::Null,
+            Slot::Hot(Node::Bool(_)) => NodeKind::Bool,
+            Slot::Hot(Node::Number(_)) => NodeKind::Number,
+            Slot::Hot(Node::String(_)) => NodeKind::String,
+            Slot::Hot(Node::Array(_)) | Slot::Cold { object: false, .. } => NodeKind::Array,
+            Slot::Hot(Node::Object(_)) | Slot::Cold { object: true, .. } => NodeKind::Object,
         }
     }
 
     /// Item `i` of array `id`.
     pub fn item(&self, id: NodeId, i: usize) -> Option<NodeId> {
-        match &self.read().nodes[id as usize] {
+        match &*self.read().view(id) {
             Node::Array(items) => items.get(i).copied(),
             _ => None,
         }
@@ -360,16 +510,18 @@ impl TraitStore {
     /// Number of items of an array, or members of an object; 0 for anything else.
     pub fn len(&self, id: NodeId) -> usize {
         match &self.read().nodes[id as usize] {
-            Node::Array(items) => items.len(),
-            Node::Object(members) => members.len() / 2,
-            _ => 0,
+            Slot::Hot(Node::Array(items)) => items.len(),
+            Slot::Hot(Node::Object(members)) => members.len() / 2,
+            Slot::Cold { object, ids, .. } => *ids as usize / if *object { 2 } else { 1 },
+            Slot::Hot(_) => 0,
         }
     }
 
     /// The member `key` of object `id`.
     pub fn member(&self, id: NodeId, key: &str) -> Option<NodeId> {
         let arena = self.read();
-        let Node::Object(members) = &arena.nodes[id as usize] else { return None };
+        let node = arena.view(id);
+        let Node::Object(members) = &*node else { return None };
         let (mut lo, mut hi) = (0, members.len() / 2);
         while lo < hi {
             let mid = (lo + hi) / 2;
@@ -385,7 +537,7 @@ impl TraitStore {
     /// The keys of object `id`, in order, with their values.
     pub fn members(&self, id: NodeId) -> Vec<(String, NodeId)> {
         let arena = self.read();
-        match &arena.nodes[id as usize] {
+        match &*arena.view(id) {
             Node::Object(members) => {
                 members.chunks_exact(2).map(|kv| (arena.string_of(kv[0]).to_string(), kv[1])).collect()
             }
@@ -396,7 +548,7 @@ impl TraitStore {
     /// The document under `id` as JSON text (keys sorted).
     pub fn to_json(&self, id: NodeId) -> String {
         fn write(arena: &Arena, id: NodeId, out: &mut String) {
-            match &arena.nodes[id as usize] {
+            match &*arena.view(id) {
                 Node::Null => out.push_str("null"),
                 Node::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
                 Node::Number(n) => out.push_str(n),
@@ -433,7 +585,73 @@ impl TraitStore {
     /// How much the store holds.
     pub fn stats(&self) -> StoreStats {
         let arena = self.read();
-        StoreStats { nodes: arena.nodes.len() - arena.free.len(), heap_bytes: arena.heap_bytes }
+        StoreStats { nodes: arena.nodes.len() - arena.free.len(), heap_bytes: arena.heap_bytes, cold: arena.n_cold }
+    }
+
+    /// Reads cold nodes back from `source` from now on, and lets written nodes go cold.
+    pub fn attach(&self, source: Arc<dyn ColdRows>) {
+        self.write().source = Some(source);
+    }
+
+    /// Sends out of memory the large arrays and objects among `written`, rows the snapshot
+    /// has just committed; returns how many went.
+    pub fn evict_written(&self, written: &[(u32, NodeRow)]) -> usize {
+        let mut arena = self.write();
+        let mut evicted = 0;
+        for (row, _) in written.iter().filter(|(_, node)| node.children.len() >= COLD_MIN_IDS) {
+            match arena.rows.by_row.get(*row as usize) {
+                Some(&id) if id != NO_NODE => evicted += usize::from(arena.evict(id)),
+                _ => {}
+            }
+        }
+        evicted
+    }
+
+    /// Sends out of memory every large array and object the snapshot holds (after a load);
+    /// returns how many went.
+    pub fn evict_all_written(&self) -> usize {
+        let mut arena = self.write();
+        (0..arena.nodes.len() as NodeId).map(|id| usize::from(arena.evict(id))).sum()
+    }
+
+    /// Gives back the children of cold nodes whose last reference went, reading them from the
+    /// snapshot; returns how many were freed. For the snapshot writer, never the check-in
+    /// path. A node that cannot be read yet is tried again on the next call.
+    pub fn settle(&self) -> usize {
+        let dropped = std::mem::take(&mut self.write().cold_dropped);
+        let mut freed = 0;
+        for id in dropped {
+            let loaded = self.read().load(id);
+            let mut arena = self.write();
+            match loaded {
+                Ok(node) => {
+                    arena.free_slot(id);
+                    arena.n_cold -= 1;
+                    for &child in node.children() {
+                        arena.release(child);
+                    }
+                    freed += 1;
+                }
+                Err(e) => {
+                    tracing::warn!("cold traits not freed yet: {e}");
+                    arena.cold_dropped.push(id);
+                }
+            }
+        }
+        freed
+    }
+
+    /// Brings every cold node back into memory (before the snapshot is written anew).
+    pub fn warm_all(&self) -> Result<(), String> {
+        let cold: Vec<NodeId> = {
+            let arena = self.read();
+            (0..arena.nodes.len() as NodeId)
+                .filter(|&id| matches!(arena.nodes[id as usize], Slot::Cold { .. }))
+                .filter(|id| !arena.cold_dropped.contains(id))
+                .collect()
+        };
+        let mut arena = self.write();
+        cold.into_iter().try_for_each(|id| arena.warm(id))
     }
 
     /// Gives a snapshot row to every node under `root` that has none yet, children before
@@ -454,12 +672,19 @@ impl TraitStore {
     }
 
     /// Forgets every row, after a snapshot write failed: the next write starts from empty
-    /// tables and gives every node a row again.
-    pub fn forget_rows(&self) {
+    /// tables and gives every node a row again. Cold nodes are read back into memory first
+    /// (their rows are about to go); when that fails nothing is forgotten.
+    pub fn forget_rows(&self) -> Result<(), String> {
+        self.settle();
+        if !self.read().cold_dropped.is_empty() {
+            return Err("cold traits of freed documents cannot be read back".into());
+        }
+        self.warm_all()?;
         let rows = &mut self.write().rows;
         let mut of = std::mem::take(&mut rows.of);
         of.fill(0);
         *rows = Rows { of, ..Rows::default() };
+        Ok(())
     }
 
     /// Rebuilds documents from snapshot rows into an empty store: for each row in `roots`,
@@ -653,7 +878,7 @@ mod tests {
         assert_eq!(store.to_json(b), r#"{"own":"b","shared":[1,2,3]}"#, "b is untouched");
         assert_eq!(store.stats().nodes, both.nodes - 2, "a's top object and its string \"a\" are gone");
         store.release(b);
-        assert_eq!(store.stats(), StoreStats { nodes: 0, heap_bytes: 0 });
+        assert_eq!(store.stats(), StoreStats { nodes: 0, heap_bytes: 0, cold: 0 });
         // Freed slots are reused.
         let c = store.intern_json(r#"{"x":true}"#).unwrap();
         assert!(c < 10);

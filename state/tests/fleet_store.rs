@@ -203,10 +203,14 @@ proptest! {
         let path = dir.path().join("fleet.sqlite");
         let fleet = FleetIndex::default();
         let mut store = FleetStore::open(&path).unwrap();
+        // Loaded, so large values (`big`) leave memory once written and are read back.
+        store.load(&fleet).unwrap();
         let (mut counter, mut group) = (0, 0);
+        let big: Vec<String> = (0..80).map(|i| i.to_string()).collect();
         for (envoy, doc, flush) in steps {
             counter += 1;
-            let traits = format!(r#"{{"doc":{doc},"list":[{doc},"common"],"host":"h{envoy}"}}"#);
+            let big = if doc % 2 == 0 { format!(r#","big":[{doc},{}]"#, big.join(",")) } else { String::new() };
+            let traits = format!(r#"{{"doc":{doc},"list":[{doc},"common"],"host":"h{envoy}"{big}}}"#);
             check_in(&fleet, &format!("e{envoy}"), counter, Some(&traits));
             if flush {
                 store.flush(&fleet, Scope::Group(group, GROUPS)).unwrap();

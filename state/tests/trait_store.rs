@@ -62,6 +62,6 @@ proptest! {
             }
             k += 7;
         }
-        prop_assert_eq!(store.stats(), StoreStats { nodes: 0, heap_bytes: 0 });
+        prop_assert_eq!(store.stats(), StoreStats { nodes: 0, heap_bytes: 0, cold: 0 });
     }
 }
