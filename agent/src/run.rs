@@ -304,7 +304,7 @@ impl Envoy {
 
     /// One check-in, converge and report.
     pub async fn iterate(&mut self) -> anyhow::Result<Iteration> {
-        let traits = crate::traits::collect(&self.identity.hostname);
+        let traits = crate::traits::collect_managed(&self.options.root, &self.identity.hostname);
         let (traits_json, traits_hash) = crate::traits::canonical(&traits);
         let cached = self.cache.load_bundle()?;
         let fingerprint = cached.as_ref().map(|b| b.fingerprint.clone()).unwrap_or_default();

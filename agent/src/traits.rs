@@ -21,7 +21,22 @@ pub fn collect(hostname: &str) -> Value {
 
 /// Collects the traits of the host whose `/etc`, `/proc` and `/var` are under `root`.
 pub fn collect_from(root: &Path, hostname: &str) -> Value {
-    let read = |rel: &str| std::fs::read_to_string(root.join(rel)).unwrap_or_default();
+    collect_with(root, root, hostname)
+}
+
+/// Collects the traits of the host the envoy manages under `root` (`envoy run --root`): its
+/// files (os-release, the package database, accounts, units) from under `root`, as the
+/// executors see them, and what the kernel reports (CPU, memory, addresses) from the running
+/// kernel's `/proc`.
+pub fn collect_managed(root: &Path, hostname: &str) -> Value {
+    collect_with(root, Path::new("/"), hostname)
+}
+
+fn collect_with(root: &Path, kernel_root: &Path, hostname: &str) -> Value {
+    let read = |rel: &str| {
+        let base = if rel.starts_with("proc/") { kernel_root } else { root };
+        std::fs::read_to_string(base.join(rel)).unwrap_or_default()
+    };
     let os_release = read("etc/os-release");
     let field = |key: &str| {
         os_release
@@ -226,6 +241,18 @@ mod tests {
             json!({"name": "ops", "uid": 1000, "gid": 1000, "home": "/home/ops", "shell": "/bin/zsh"})
         );
         assert_eq!(traits["users"].as_array().unwrap().len(), 2, "a malformed line is skipped");
+    }
+
+    #[test]
+    fn a_managed_root_gives_its_files_and_the_running_kernel_its_facts() {
+        let dir = host();
+        let traits = collect_managed(dir.path(), "web-1");
+        assert_eq!(traits["packages"]["nginx"]["version"], "1.22.1-9", "the root's package database");
+        assert_eq!(traits["os"]["codename"], "bookworm", "the root's os-release");
+        assert_eq!(traits["users"][1]["name"], "ops", "the root's accounts");
+        let running = collect_from(Path::new("/"), "web-1");
+        assert_eq!(traits["kernel"], running["kernel"], "the running kernel, not the root's proc");
+        assert_eq!(traits["memory"], running["memory"]);
     }
 
     #[test]
