@@ -194,5 +194,44 @@ fn fleet_store(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, signature, fleet_index, apply, traits, fleet_store);
+/// What reading a cold trait value costs: `traits.packages.adduser.version` of one of 1,000
+/// hosts with 150 KB inventories, while the package list is in memory and once it is in the
+/// fleet snapshot only (a compile whose template reaches into the package list; `envoys show`).
+fn cold_traits(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = FleetIndex::default();
+    let mut store = FleetStore::open(&dir.path().join("fleet.sqlite")).unwrap();
+    store.load(&fleet).unwrap();
+    let ids: Vec<String> = (0..1_000).map(|i| format!("e-{i:016x}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let (json, hash) = vigo_benches::inventory::for_host(i as u32, &format!("fleet-{i}"));
+        fleet.accept(id, 1, 1).unwrap();
+        fleet.record_check_in(id, &[6; 32], &hash, Some(fleet.trait_store().intern_json(&json).unwrap()));
+    }
+    let traits = fleet.trait_store();
+    let roots: Vec<u32> = ids.iter().map(|id| fleet.get(id).unwrap().traits.unwrap()).collect();
+    let version = |root: u32| {
+        let package = traits.member(traits.member(root, "packages")?, "adduser")?;
+        traits.member(package, "version")
+    };
+    let mut n = 0;
+    let mut next_root = || {
+        n = (n + 1) % roots.len();
+        roots[n]
+    };
+    let hot = traits.stats();
+    c.bench_function("traits/hot_member", |b| b.iter(|| version(black_box(next_root()))));
+    store.flush(&fleet, Scope::All).unwrap();
+    let cold = traits.stats();
+    eprintln!(
+        "1,000 hosts: {} KiB of trait values in memory with the package lists, {} KiB with {} of them cold",
+        hot.heap_bytes / 1024,
+        cold.heap_bytes / 1024,
+        cold.cold
+    );
+    c.bench_function("traits/cold_member", |b| b.iter(|| version(black_box(next_root()))));
+    c.bench_function("traits/cold_to_json", |b| b.iter(|| traits.to_json(black_box(next_root())).len()));
+}
+
+criterion_group!(benches, signature, fleet_index, apply, traits, fleet_store, cold_traits);
 criterion_main!(benches);

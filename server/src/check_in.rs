@@ -1,9 +1,12 @@
 //! The check-in hot path: 95%+ of all traffic.
 //!
 //! **Architecture Invariant (I-3):** a check-in reads the immutable control snapshot, writes
-//! only the in-memory fleet index, and reads the bundle cache. No log, no SQL, no lock held
-//! across an `.await` (this module has no `.await` at all), no work proportional to the fleet
-//! size. The handler takes exactly those three things, so nothing else is even in scope.
+//! only the in-memory fleet index, and reads the bundle cache. No log, no SQL write, no lock
+//! held across an `.await` (this module has no `.await` at all), no work proportional to the
+//! fleet size. The handler takes exactly those three things, so nothing else is even in scope.
+//! The one read below memory: a bundle compile (once per envoy per publish or traits change)
+//! whose templates reach into a large trait value, which the trait store reads back from the
+//! fleet snapshot (`vigo_state::traits`, cold nodes).
 //!
 //! Per check-in (no change): one Ed25519 verification (~30 µs on the reference machine), one
 //! shard lock of the fleet index, one hash-map lookup in the bundle cache.

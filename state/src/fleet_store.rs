@@ -5,6 +5,10 @@
 //! [`EnvoyRecord`] per envoy) and `trait_nodes` (a [`NodeRow`] per interned value). Traits are
 //! stored as the store holds them, one row per distinct value, so most of a host's inventory
 //! is rows other hosts already wrote, and a document that did not change writes nothing.
+//! What a host has of its own is mostly one row, its package list: a large array or object
+//! keeps its children packed (delta-coded, deflated; `TraitNode.packed_children`). Once
+//! written, such a value leaves the server's memory, and this file is where it is read back
+//! from (through a read-only connection of its own; see `traits`, cold nodes).
 //!
 //! Writes come in groups of shards, one group per tick, so a flush interval is spread over
 //! the whole interval instead of one burst. Each group is one transaction: after a crash the
@@ -19,20 +23,30 @@
 //! lock held that a check-in takes.
 
 use std::collections::{HashMap, VecDeque};
+use std::io::{Read, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use flate2::Compression;
+use flate2::read::DeflateDecoder;
+use flate2::write::DeflateEncoder;
 use prost::Message;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use vigo_proto::fleet::trait_node::Kind as RowKind;
 use vigo_proto::fleet::{EnvoyRecord, TraitNode as NodeRow};
 
 use crate::fleet::{DirtyEnvoy, EnvoyObservation, FleetIndex};
-use crate::traits::ColdRows;
+use crate::traits::{COLD_MIN_IDS, ColdRows};
 
-/// Version of the tables below, in SQLite's `user_version`.
-const SCHEMA_VERSION: i64 = 1;
+/// Version of the tables below, in SQLite's `user_version`. 2: large arrays and objects keep
+/// their children packed (`TraitNode.packed_children`), which version 1 would misread.
+const SCHEMA_VERSION: i64 = 2;
+
+/// Most bytes a row's packed children may inflate to: far above any document the server
+/// accepts (`TRAITS_BYTES_MAX`), so only a damaged row reaches it.
+const PACKED_BYTES_MAX: u64 = 64 << 20;
 
 const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS envoys (envoy_id TEXT PRIMARY KEY, record BLOB NOT NULL) WITHOUT ROWID;
@@ -162,7 +176,7 @@ impl FleetStore {
         self.each_row("SELECT row, node FROM trait_nodes", |id: u32, bytes| {
             // A row that does not decode gets a kind no node has: nothing rebuilds from it, and
             // the first flush deletes it with the other unused rows.
-            let node = NodeRow::decode(bytes).unwrap_or(NodeRow { kind: -1, ..NodeRow::default() });
+            let node = decode_row(bytes).unwrap_or(NodeRow { kind: -1, ..NodeRow::default() });
             rows.insert(id, node);
         })?;
         report.nodes = rows.len();
@@ -318,7 +332,7 @@ impl FleetStore {
             let mut insert =
                 tx.prepare_cached("INSERT OR REPLACE INTO trait_nodes (row, node) VALUES (?1, ?2)").map_err(sqlite)?;
             for (row, node) in nodes {
-                insert.execute(params![row, node.encode_to_vec()]).map_err(sqlite)?;
+                insert.execute(params![row, encode_row(node)]).map_err(sqlite)?;
             }
             let mut upsert = tx
                 .prepare_cached("INSERT OR REPLACE INTO envoys (envoy_id, record) VALUES (?1, ?2)")
@@ -375,9 +389,61 @@ impl ColdRows for SnapshotRows {
             .prepare_cached("SELECT node FROM trait_nodes WHERE row = ?1")
             .and_then(|mut select| select.query_row([row], |r| r.get(0)))
             .map_err(|e| format!("trait row {row}: {e}"))?;
-        let node = NodeRow::decode(bytes.as_slice()).map_err(|e| format!("trait row {row} does not decode: {e}"))?;
+        let node = decode_row(&bytes).map_err(|e| format!("trait row {row} {e}"))?;
         Ok(node.children)
     }
+}
+
+/// Which earlier child a child's row is coded against: in an object names follow names and
+/// values follow values.
+fn stride(node: &NodeRow) -> usize {
+    if node.kind == RowKind::Object as i32 { 2 } else { 1 }
+}
+
+/// A trait row as stored: a large array or object with its children packed (see
+/// `TraitNode.packed_children`), anything else as it is.
+fn encode_row(node: &NodeRow) -> Vec<u8> {
+    if node.children.len() < COLD_MIN_IDS {
+        return node.encode_to_vec();
+    }
+    let stride = stride(node);
+    let mut varints = Vec::with_capacity(node.children.len() * 2);
+    for (i, &row) in node.children.iter().enumerate() {
+        let before = if i >= stride { node.children[i - stride] } else { 0 };
+        let delta = i64::from(row) - i64::from(before);
+        prost::encoding::encode_varint(((delta << 1) ^ (delta >> 63)) as u64, &mut varints);
+    }
+    let mut deflate = DeflateEncoder::new(Vec::new(), Compression::default());
+    deflate.write_all(&varints).expect("deflating into memory");
+    let packed = deflate.finish().expect("deflating into memory");
+    NodeRow { children: Vec::new(), packed_children: packed, ..node.clone() }.encode_to_vec()
+}
+
+/// A trait row as read back, its children unpacked; why not, for a damaged row.
+fn decode_row(bytes: &[u8]) -> Result<NodeRow, String> {
+    let mut node = NodeRow::decode(bytes).map_err(|e| format!("does not decode: {e}"))?;
+    if node.packed_children.is_empty() {
+        return Ok(node);
+    }
+    let mut varints = Vec::new();
+    DeflateDecoder::new(node.packed_children.as_slice())
+        .take(PACKED_BYTES_MAX)
+        .read_to_end(&mut varints)
+        .map_err(|e| format!("has packed children that do not inflate: {e}"))?;
+    let stride = stride(&node);
+    let mut rest = varints.as_slice();
+    let mut children: Vec<u32> = Vec::with_capacity(varints.len());
+    while !rest.is_empty() {
+        let zigzag = prost::encoding::decode_varint(&mut rest).map_err(|e| format!("has a bad packed child: {e}"))?;
+        let delta = (zigzag >> 1) as i64 ^ -((zigzag & 1) as i64);
+        let before = if children.len() >= stride { children[children.len() - stride] } else { 0 };
+        let row =
+            u32::try_from(i64::from(before) + delta).map_err(|_| "has a packed child out of range".to_string())?;
+        children.push(row);
+    }
+    node.children = children;
+    node.packed_children = Vec::new();
+    Ok(node)
 }
 
 fn record_of(observation: &EnvoyObservation, traits_root: u32) -> EnvoyRecord {
@@ -389,5 +455,47 @@ fn record_of(observation: &EnvoyObservation, traits_root: u32) -> EnvoyRecord {
         bundle_fingerprint: observation.bundle_fingerprint.clone(),
         last_run: observation.last_run,
         reports_received: observation.reports_received,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(kind: RowKind, children: Vec<u32>) -> NodeRow {
+        NodeRow { kind: kind as i32, children, ..NodeRow::default() }
+    }
+
+    #[test]
+    fn large_rows_pack_their_children_and_read_back_the_same() {
+        // A package list: names and values each mostly in the order their rows were given.
+        let mut children = Vec::new();
+        for i in 0..400u32 {
+            children.extend([10 + i, 5_000 + 3 * i]);
+        }
+        children[101] = u32::MAX; // a value far from its neighbours
+        children[300] = 0;
+        let object = row(RowKind::Object, children);
+        let stored = encode_row(&object);
+        assert!(stored.len() * 4 < object.encode_to_vec().len(), "{} bytes packed", stored.len());
+        assert_eq!(decode_row(&stored).unwrap(), object);
+
+        let array = row(RowKind::Array, (0..100).rev().collect());
+        assert_eq!(decode_row(&encode_row(&array)).unwrap(), array);
+        let small = row(RowKind::Object, vec![1, 2]);
+        assert_eq!(encode_row(&small), small.encode_to_vec(), "small rows are stored as they are");
+        assert_eq!(decode_row(&encode_row(&small)).unwrap(), small);
+    }
+
+    #[test]
+    fn a_damaged_packed_row_is_refused_by_name() {
+        let bad = NodeRow { kind: RowKind::Array as i32, packed_children: vec![1, 2, 3], ..NodeRow::default() };
+        let err = decode_row(&bad.encode_to_vec()).unwrap_err();
+        assert!(err.starts_with("has packed children that do not inflate"), "{err}");
+        // Inflates, but to a row number below zero.
+        let mut deflate = DeflateEncoder::new(Vec::new(), Compression::default());
+        deflate.write_all(&[3]).unwrap();
+        let below = NodeRow { packed_children: deflate.finish().unwrap(), ..bad };
+        assert_eq!(decode_row(&below.encode_to_vec()).unwrap_err(), "has a packed child out of range");
     }
 }

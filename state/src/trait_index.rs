@@ -70,8 +70,10 @@ fn push_keys(store: &TraitStore, path: Vec<String>, node: NodeId, keys: &mut Vec
 }
 
 /// For each name in `old` or `new` whose value differs between them: the name and both values.
-/// Interned nodes are equal exactly when their documents are (names included), so an unchanged
-/// member, however large, costs one comparison.
+/// Equal nodes are equal documents (names included), so an unchanged member, however large,
+/// costs one comparison. Equal documents are one node unless one of them went cold (see
+/// `traits`): then the member counts as changed, its keys are lost and gained back, and only
+/// the work is wasted.
 fn changed(
     store: &TraitStore,
     old: &[(NodeId, NodeId)],

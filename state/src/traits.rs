@@ -10,6 +10,15 @@
 //! Nodes are reference-counted: each envoy holds its root, each array or object holds its
 //! members, and a node whose count falls to zero is freed with whatever only it held.
 //!
+//! What is its own is mostly one value: the host's package list, an object of hundreds of
+//! members found on no other host. Once the fleet snapshot holds such a large array or object
+//! ([`COLD_MIN_IDS`] child ids or more), it goes **cold**: memory keeps its kind, its size and
+//! its row, and a read fetches its children's rows from the snapshot ([`ColdRows`]) and maps
+//! them back to nodes. A cold node is out of the hash-consing table, so an equal value interned
+//! later gets a node of its own (memory, never correctness), and the index update compares it
+//! member by member. Freeing a cold node needs its children, so its last release queues it, and
+//! [`TraitStore::settle`] (the snapshot writer) reads it back and frees it.
+//!
 //! **Architecture Invariant (I-3):** one `RwLock` guards the arena, held for one intern or one
 //! lookup at a time and never across an `.await`. Parsing happens under the write lock (it is
 //! interning), which costs about a millisecond per 150 KB document, once per traits change.
@@ -344,7 +353,10 @@ impl Arena {
             Node::Array(_) => (RowKind::Array, false, ""),
             Node::Object(_) => (RowKind::Object, false, ""),
         };
-        out.push((row, NodeRow { kind: kind as i32, boolean, text: text.to_string(), children }));
+        out.push((
+            row,
+            NodeRow { kind: kind as i32, boolean, text: text.to_string(), children, packed_children: Vec::new() },
+        ));
         row
     }
 
