@@ -203,7 +203,8 @@ async fn vigocli(args: &Args, rest: &[&str]) -> anyhow::Result<serde_json::Value
     serde_json::from_slice(&output.stdout).context("vigocli printed something other than JSON")
 }
 
-/// Writes a small stack whose bundles differ per host and per `generation`.
+/// Writes a small stack whose bundles differ per host, per `generation` and per the host's
+/// openssl version.
 fn write_stack(dir: &Path, generation: &str) -> anyhow::Result<()> {
     let module = dir.join("modules/fleet");
     std::fs::create_dir_all(module.join("files"))?;
@@ -220,7 +221,13 @@ fn write_stack(dir: &Path, generation: &str) -> anyhow::Result<()> {
          \x20 - { type: symlink, path: /etc/fleet/current, target: /etc/fleet/generation, requires: [file:/etc/fleet/generation] }\n\
          \x20 - { type: exec, name: reload, command: \"true\", refreshonly: true }\n",
     )?;
-    std::fs::write(module.join("files/generation.j2"), "{{ hostname }} runs generation {{ generation }}\n")?;
+    // Reads the host's package list, as real templates do: after a publish every compile reads
+    // it back from the fleet snapshot, where the server keeps it.
+    std::fs::write(
+        module.join("files/generation.j2"),
+        "{{ hostname }} runs generation {{ generation }} with openssl \
+         {% if traits.packages.openssl is defined %}{{ traits.packages.openssl.version }}{% else %}none{% endif %}\n",
+    )?;
     Ok(())
 }
 
