@@ -30,14 +30,15 @@ pub async fn local_list(node: &Node, req: &ListEnvoysRequest) -> Result<ListEnvo
     let control = node.control();
     let live = control.stack_version();
     let store = node.fleet.trait_store();
-    // The trait index narrows the envoys to look at; each is still checked in full.
+    // The trait index narrows the envoys to look at; each is still checked against what the
+    // index does not answer exactly.
     let candidates = node.fleet.having(&query.index_terms()).map(|mut ids| {
         ids.sort_unstable();
         ids
     });
-    let envoys: Box<dyn Iterator<Item = &Arc<EnvoyEntry>>> = match &candidates {
-        Some(ids) => Box::new(ids.iter().filter_map(|id| control.envoy(id))),
-        None => Box::new(control.envoys()),
+    let (envoys, query): (Box<dyn Iterator<Item = &Arc<EnvoyEntry>>>, Query) = match &candidates {
+        Some(ids) => (Box::new(ids.iter().filter_map(|id| control.envoy(id))), query.residual()),
+        None => (Box::new(control.envoys()), query),
     };
     let envoys = envoys
         .filter_map(|e| {

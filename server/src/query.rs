@@ -122,11 +122,10 @@ impl Query {
     /// cannot match. A path segment that is a number may index an array, which the index does
     /// not key: it narrows no further than the segments before it.
     pub fn index_terms(&self) -> Vec<Vec<IndexKey>> {
-        let numeric = |part: &String| part.parse::<usize>().is_ok();
         let mut terms = Vec::new();
         for (field, test) in &self.conditions {
             let Field::Trait(path) = field else { continue };
-            let keyed = path.iter().take(2).take_while(|part| !numeric(part)).count();
+            let keyed = keyed(path);
             if keyed == 0 {
                 continue;
             }
@@ -142,6 +141,18 @@ impl Query {
         terms
     }
 
+    /// The conditions an envoy among the index's candidates ([`Self::index_terms`]) must still
+    /// be checked against: all but those the index answers exactly, a trait of one or two
+    /// keyed levels that is there (`packages.nginx exists`) or equals a value
+    /// (`os.family=debian`). A query on package names so reads no envoy's package list.
+    pub fn residual(&self) -> Query {
+        let exact = |field: &Field, test: &Test| match (field, test) {
+            (Field::Trait(path), Test::Exists | Test::Eq(_)) => keyed(path) == path.len(),
+            _ => false,
+        };
+        Query { conditions: self.conditions.iter().filter(|(f, t)| !exact(f, t)).cloned().collect() }
+    }
+
     /// Whether there are no conditions (every envoy matches).
     pub fn is_empty(&self) -> bool {
         self.conditions.is_empty()
@@ -151,6 +162,12 @@ impl Query {
     pub fn matches<V: TraitView>(&self, subject: &Subject<'_, V>) -> bool {
         self.conditions.iter().all(|(field, test)| holds(field, test, subject))
     }
+}
+
+/// How many leading segments of a trait path the index keys: at most two, up to the first
+/// number (which may index an array, which is not keyed).
+fn keyed(path: &[String]) -> usize {
+    path.iter().take(2).take_while(|part| part.parse::<usize>().is_err()).count()
 }
 
 fn condition(expr: &str, now_ms: i64) -> Result<(Field, Test), QueryError> {
@@ -428,6 +445,16 @@ mod tests {
         assert_eq!(narrowed(&["tags.0=a"]), Some(vec!["e0".into(), "e1".into()]), "no further than an array");
         assert_eq!(narrowed(&["0=not"]), None, "a number is not keyed: nothing to narrow by");
         assert_eq!(narrowed(&["packages.nginx missing", "hostname=web-*"]), None);
+
+        // What candidates are still checked against.
+        let residual = |exprs: &[&str]| {
+            let exprs: Vec<String> = exprs.iter().map(|e| e.to_string()).collect();
+            Query::parse(&exprs, NOW).unwrap().residual().conditions.len()
+        };
+        assert_eq!(residual(&["os.family=debian", "packages.nginx exists", "virtual=true"]), 0, "answered exactly");
+        assert_eq!(residual(&["packages.nginx.version=1.22"]), 1, "deeper than the index keys");
+        assert_eq!(residual(&["tags.0 exists", "os.family!=debian", "cpu.count>2"]), 3);
+        assert_eq!(residual(&["packages.nginx missing", "hostname=web-*", "compliance=failing"]), 3);
     }
 
     proptest! {
@@ -482,13 +509,14 @@ mod tests {
                     .map(|(i, _)| format!("e{i}"))
                     .collect();
                 let candidates = index.having(&query.index_terms());
-                let mut narrowed: Vec<String> = match &candidates {
-                    Some(ids) => ids.clone(),
-                    None => (0..fleet.len()).map(|i| format!("e{i}")).collect(),
+                // Candidates need only the conditions the index does not answer exactly.
+                let (mut narrowed, rest): (Vec<String>, Query) = match &candidates {
+                    Some(ids) => (ids.clone(), query.residual()),
+                    None => ((0..fleet.len()).map(|i| format!("e{i}")).collect(), query.clone()),
                 };
                 narrowed.retain(|id| {
                     let root = fleet[id[1..].parse::<usize>().unwrap()].1;
-                    query.matches(&subject("h", NOW, Some(StoreView { store: &store, id: root })))
+                    rest.matches(&subject("h", NOW, Some(StoreView { store: &store, id: root })))
                 });
                 narrowed.sort_by_key(|id| id[1..].parse::<usize>().unwrap());
                 prop_assert_eq!(narrowed, scanned, "{:?} narrowed to {:?}", exprs, candidates);
