@@ -909,6 +909,87 @@ mod tests {
         assert_eq!(store.to_json(store.member(root, "c").unwrap()), "[true,null,-3]");
     }
 
+    /// The snapshot's rows as a map, readable or not at will (a stand-in for SQLite, which
+    /// `tests/cold_traits.rs` uses for real).
+    #[derive(Default)]
+    struct Rows {
+        children: std::sync::Mutex<HashMap<u32, Vec<u32>>>,
+        unreadable: std::sync::atomic::AtomicBool,
+    }
+
+    impl ColdRows for Rows {
+        fn children(&self, row: u32) -> Result<Vec<u32>, String> {
+            if self.unreadable.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(format!("trait row {row}: disk I/O error"));
+            }
+            self.children.lock().unwrap().get(&row).cloned().ok_or_else(|| format!("no row {row}"))
+        }
+    }
+
+    /// A store whose documents under `roots` are written to `rows` and whose large values went cold.
+    fn written(store: &TraitStore, rows: &Arc<Rows>, roots: &[NodeId]) {
+        store.attach(rows.clone());
+        let mut out = Vec::new();
+        for &root in roots {
+            store.assign_rows(root, &mut out);
+        }
+        rows.children.lock().unwrap().extend(out.iter().map(|(row, node)| (*row, node.children.clone())));
+        store.evict_written(&out);
+    }
+
+    fn big(host: &str) -> String {
+        let members: Vec<String> = (0..40).map(|i| format!(r#""p{i:02}":{{"v":{i}}}"#)).collect();
+        format!(r#"{{"host":"{host}","packages":{{{}}}}}"#, members.join(","))
+    }
+
+    #[test]
+    fn a_cold_value_reads_back_as_it_was_and_is_freed_by_settle() {
+        let store = TraitStore::default();
+        let rows = Arc::new(Rows::default());
+        let (a, b) = (store.intern_json(&big("a")).unwrap(), store.intern_json(&big("b")).unwrap());
+        let (json_a, hot) = (store.to_json(a), store.stats());
+        written(&store, &rows, &[a, b]);
+        let cold = store.stats();
+        assert_eq!((cold.cold, cold.nodes), (1, hot.nodes), "the shared package list, once");
+        assert_eq!(cold.heap_bytes + 80 * 4, hot.heap_bytes);
+        assert_eq!(store.to_json(a), json_a);
+        let packages = store.member(a, "packages").unwrap();
+        assert_eq!((store.kind(packages), store.len(packages)), (NodeKind::Object, 40));
+        assert_eq!(store.to_json(store.member(packages, "p07").unwrap()), r#"{"v":7}"#);
+
+        // An equal list interned after it went cold gets a node of its own.
+        let c = store.intern_json(&big("c")).unwrap();
+        assert_ne!(store.member(c, "packages"), Some(packages));
+        assert_eq!(store.to_json(c), big("c"));
+
+        // The last reference to the cold list goes with b: its children wait for `settle`.
+        store.release(a);
+        store.release(b);
+        assert_eq!(store.stats().cold, 1);
+        assert_eq!(store.settle(), 1);
+        store.release(c);
+        assert_eq!(store.stats(), StoreStats { nodes: 0, heap_bytes: 0, cold: 0 });
+    }
+
+    #[test]
+    fn an_unreadable_cold_value_reads_as_null_and_is_freed_once_readable() {
+        let store = TraitStore::default();
+        let rows = Arc::new(Rows::default());
+        let a = store.intern_json(&big("a")).unwrap();
+        written(&store, &rows, &[a]);
+        rows.unreadable.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(store.to_json(a), r#"{"host":"a","packages":null}"#);
+        assert_eq!(store.member(store.member(a, "packages").unwrap(), "p01"), None);
+        assert!(store.warm_all().unwrap_err().contains("disk I/O error"));
+        assert!(store.forget_rows().is_err(), "no rows are forgotten while a cold value cannot be read back");
+
+        store.release(a);
+        assert_eq!(store.settle(), 0, "kept for the next try");
+        rows.unreadable.store(false, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(store.settle(), 1);
+        assert_eq!(store.stats(), StoreStats { nodes: 0, heap_bytes: 0, cold: 0 });
+    }
+
     #[test]
     fn a_repeated_key_keeps_its_last_value() {
         let store = TraitStore::default();
