@@ -194,6 +194,7 @@ impl FleetIndex {
 
     /// The query index's keys and the bytes of its bitmaps.
     pub fn index_stats(&self) -> (usize, usize) {
+        self.settle_index();
         self.index.stats()
     }
 
