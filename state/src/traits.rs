@@ -26,7 +26,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use hashbrown::HashTable;
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -119,14 +119,25 @@ pub trait ColdRows: Send + Sync {
 #[derive(Debug, Clone)]
 enum Slot {
     Hot(Node),
-    Cold { object: bool, ids: u32, row: u32 },
+    Cold(Cold),
+}
+
+/// What memory keeps of a cold node.
+#[derive(Debug, Clone, Copy)]
+struct Cold {
+    /// An object (else an array).
+    object: bool,
+    /// Its number of child ids.
+    ids: u32,
+    /// Its row in the snapshot.
+    row: u32,
 }
 
 impl Slot {
     fn hot(&self) -> Option<&Node> {
         match self {
             Slot::Hot(node) => Some(node),
-            Slot::Cold { .. } => None,
+            Slot::Cold(_) => None,
         }
     }
 }
@@ -143,8 +154,6 @@ struct Arena {
     hasher: RandomState,
     heap_bytes: usize,
     rows: Rows,
-    /// Where cold nodes are read back from; without it nothing leaves memory.
-    source: Option<Arc<dyn ColdRows>>,
     /// Nodes that left memory.
     n_cold: usize,
     /// Cold nodes whose last reference went: their children are given back by
@@ -229,15 +238,12 @@ impl Arena {
             if *refs > 0 {
                 continue;
             }
-            let Slot::Hot(node) = &self.nodes[id as usize] else {
+            if let Slot::Cold(_) = self.nodes[id as usize] {
                 // Its children are on disk: they are given back by `settle`.
                 self.cold_dropped.push(id);
                 continue;
-            };
-            let hash = self.hash(node);
-            if let Ok(entry) = self.table.find_entry(hash, |&other| other == id) {
-                entry.remove();
             }
+            self.unlist(id);
             let node = self.free_slot(id);
             self.heap_bytes -= node.heap_bytes();
             pending.extend_from_slice(node.children());
@@ -255,17 +261,26 @@ impl Arena {
         self.free.push(id);
         match slot {
             Slot::Hot(node) => node,
-            Slot::Cold { .. } => Node::Null,
+            Slot::Cold(_) => Node::Null,
         }
     }
 
-    /// Cold node `id` as it was when hot, read back from the snapshot.
-    fn load(&self, id: NodeId) -> Result<Node, String> {
-        let Slot::Cold { object, ids, row } = self.nodes[id as usize] else {
-            return Ok(self.nodes[id as usize].hot().cloned().unwrap_or(Node::Null));
-        };
-        let source = self.source.as_ref().ok_or("no fleet snapshot to read cold traits from")?;
-        let rows = source.children(row)?;
+    /// Takes hot node `id` out of the hash-consing table.
+    fn unlist(&mut self, id: NodeId) {
+        let Some(node) = self.nodes[id as usize].hot() else { return };
+        let hash = self.hash(node);
+        if let Ok(entry) = self.table.find_entry(hash, |&other| other == id) {
+            entry.remove();
+        }
+    }
+
+    /// Cold node `id` as it was when hot, from the rows of its children `rows` (read from the
+    /// snapshot by the caller, with the arena unlocked). A node warmed meanwhile is as it is now.
+    fn resolve(&self, id: NodeId, cold: Cold, rows: Vec<u32>) -> Result<Node, String> {
+        if let Slot::Hot(node) = &self.nodes[id as usize] {
+            return Ok(node.clone());
+        }
+        let Cold { object, ids, row } = cold;
         if rows.len() != ids as usize {
             return Err(format!("trait row {row} has {} children, not {ids}", rows.len()));
         }
@@ -279,50 +294,34 @@ impl Arena {
         Ok(if object { Node::Object(children) } else { Node::Array(children) })
     }
 
-    /// Node `id`, read back from the snapshot when cold. A cold node that cannot be read reads
-    /// as `null`, and says so in the log.
-    fn view(&self, id: NodeId) -> std::borrow::Cow<'_, Node> {
-        match &self.nodes[id as usize] {
-            Slot::Hot(node) => std::borrow::Cow::Borrowed(node),
-            Slot::Cold { .. } => std::borrow::Cow::Owned(self.load(id).unwrap_or_else(|e| {
-                tracing::error!("cold traits unreadable, read as null: {e}");
-                Node::Null
-            })),
-        }
-    }
-
     /// Sends node `id` out of memory when it is a large array or object the snapshot holds.
     fn evict(&mut self, id: NodeId) -> bool {
         let row = self.rows.of[id as usize];
-        if self.source.is_none() || row == 0 || self.refs[id as usize] == 0 {
+        if row == 0 || self.refs[id as usize] == 0 {
             return false;
         }
         let Slot::Hot(node @ (Node::Array(_) | Node::Object(_))) = &self.nodes[id as usize] else { return false };
         if node.children().len() < COLD_MIN_IDS {
             return false;
         }
-        let hash = self.hash(node);
-        if let Ok(entry) = self.table.find_entry(hash, |&other| other == id) {
-            entry.remove();
-        }
-        self.heap_bytes -= node.heap_bytes();
-        let (object, ids) = (matches!(node, Node::Object(_)), node.children().len() as u32);
-        self.nodes[id as usize] = Slot::Cold { object, ids, row };
+        let (object, ids, heap_bytes) =
+            (matches!(node, Node::Object(_)), node.children().len() as u32, node.heap_bytes());
+        self.unlist(id);
+        self.heap_bytes -= heap_bytes;
+        self.nodes[id as usize] = Slot::Cold(Cold { object, ids, row });
         self.n_cold += 1;
         true
     }
 
-    /// Brings cold node `id` back into memory. It stays out of the table: a later equal
-    /// value gets a node of its own, which costs memory, never correctness.
-    fn warm(&mut self, id: NodeId) -> Result<(), String> {
-        if self.nodes[id as usize].hot().is_some() {
-            return Ok(());
+    /// Puts cold node `id` back into memory as `node` (read back by the caller). It stays out
+    /// of the table: a later equal value gets a node of its own, which costs memory, never
+    /// correctness.
+    fn warm(&mut self, id: NodeId, node: Node) {
+        if let Slot::Cold(_) = self.nodes[id as usize] {
+            self.heap_bytes += node.heap_bytes();
+            self.nodes[id as usize] = Slot::Hot(node);
+            self.n_cold -= 1;
         }
-        let node = self.load(id)?;
-        self.heap_bytes += node.heap_bytes();
-        self.nodes[id as usize] = Slot::Hot(node);
-        self.n_cold -= 1;
-        Ok(())
     }
 
     fn assign_rows(&mut self, id: NodeId, out: &mut Vec<(u32, NodeRow)>) -> u32 {
@@ -432,6 +431,8 @@ impl Arena {
 #[derive(Default)]
 pub struct TraitStore {
     arena: RwLock<Arena>,
+    /// Where cold nodes are read back from; without it nothing leaves memory.
+    source: OnceLock<Arc<dyn ColdRows>>,
 }
 
 impl fmt::Debug for TraitStore {
@@ -494,9 +495,45 @@ impl TraitStore {
         self.write().release(id);
     }
 
+    /// Reads cold node `id` back from the snapshot. The arena is unlocked while the snapshot
+    /// is read, so no intern (a traits upload, on the check-in path) waits on the disk.
+    fn read_back(&self, id: NodeId, cold: Cold) -> Result<Node, String> {
+        let source = self.source.get().ok_or("no fleet snapshot to read cold traits from")?;
+        let rows = source.children(cold.row)?;
+        self.read().resolve(id, cold, rows)
+    }
+
+    /// Node `id` handed to `f` with the arena read-locked: in place when hot, read back from
+    /// the snapshot when cold (`null`, and an error in the log, when it cannot be read).
+    fn with_node<R>(&self, id: NodeId, f: impl FnOnce(&Arena, &Node) -> R) -> R {
+        let cold = {
+            let arena = self.read();
+            match &arena.nodes[id as usize] {
+                Slot::Hot(node) => return f(&arena, node),
+                Slot::Cold(cold) => *cold,
+            }
+        };
+        let node = self.read_back(id, cold).unwrap_or_else(|e| {
+            tracing::error!("cold traits unreadable, read as null: {e}");
+            Node::Null
+        });
+        f(&self.read(), &node)
+    }
+
+    /// The cold nodes among `ids`.
+    fn cold_of(&self, ids: impl IntoIterator<Item = NodeId>) -> Vec<(NodeId, Cold)> {
+        let arena = self.read();
+        ids.into_iter()
+            .filter_map(|id| match arena.nodes[id as usize] {
+                Slot::Cold(cold) => Some((id, cold)),
+                Slot::Hot(_) => None,
+            })
+            .collect()
+    }
+
     /// A copy of node `id` (read back from the snapshot when it is cold).
     pub fn node(&self, id: NodeId) -> Node {
-        self.read().view(id).into_owned()
+        self.with_node(id, |_, node| node.clone())
     }
 
     /// What kind of value node `id` is.
@@ -506,17 +543,17 @@ impl TraitStore {
             Slot::Hot(Node::Bool(_)) => NodeKind::Bool,
             Slot::Hot(Node::Number(_)) => NodeKind::Number,
             Slot::Hot(Node::String(_)) => NodeKind::String,
-            Slot::Hot(Node::Array(_)) | Slot::Cold { object: false, .. } => NodeKind::Array,
-            Slot::Hot(Node::Object(_)) | Slot::Cold { object: true, .. } => NodeKind::Object,
+            Slot::Hot(Node::Array(_)) | Slot::Cold(Cold { object: false, .. }) => NodeKind::Array,
+            Slot::Hot(Node::Object(_)) | Slot::Cold(Cold { object: true, .. }) => NodeKind::Object,
         }
     }
 
     /// Item `i` of array `id`.
     pub fn item(&self, id: NodeId, i: usize) -> Option<NodeId> {
-        match &*self.read().view(id) {
+        self.with_node(id, |_, node| match node {
             Node::Array(items) => items.get(i).copied(),
             _ => None,
-        }
+        })
     }
 
     /// Number of items of an array, or members of an object; 0 for anything else.
@@ -524,73 +561,79 @@ impl TraitStore {
         match &self.read().nodes[id as usize] {
             Slot::Hot(Node::Array(items)) => items.len(),
             Slot::Hot(Node::Object(members)) => members.len() / 2,
-            Slot::Cold { object, ids, .. } => *ids as usize / if *object { 2 } else { 1 },
+            Slot::Cold(Cold { object, ids, .. }) => *ids as usize / if *object { 2 } else { 1 },
             Slot::Hot(_) => 0,
         }
     }
 
     /// The member `key` of object `id`.
     pub fn member(&self, id: NodeId, key: &str) -> Option<NodeId> {
-        let arena = self.read();
-        let node = arena.view(id);
-        let Node::Object(members) = &*node else { return None };
-        let (mut lo, mut hi) = (0, members.len() / 2);
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            match arena.string_of(members[2 * mid]).cmp(key) {
-                std::cmp::Ordering::Less => lo = mid + 1,
-                std::cmp::Ordering::Greater => hi = mid,
-                std::cmp::Ordering::Equal => return Some(members[2 * mid + 1]),
+        self.with_node(id, |arena, node| {
+            let Node::Object(members) = node else { return None };
+            let (mut lo, mut hi) = (0, members.len() / 2);
+            while lo < hi {
+                let mid = (lo + hi) / 2;
+                match arena.string_of(members[2 * mid]).cmp(key) {
+                    std::cmp::Ordering::Less => lo = mid + 1,
+                    std::cmp::Ordering::Greater => hi = mid,
+                    std::cmp::Ordering::Equal => return Some(members[2 * mid + 1]),
+                }
             }
-        }
-        None
+            None
+        })
     }
 
     /// The keys of object `id`, in order, with their values.
     pub fn members(&self, id: NodeId) -> Vec<(String, NodeId)> {
-        let arena = self.read();
-        match &*arena.view(id) {
+        self.with_node(id, |arena, node| match node {
             Node::Object(members) => {
                 members.chunks_exact(2).map(|kv| (arena.string_of(kv[0]).to_string(), kv[1])).collect()
             }
             _ => Vec::new(),
-        }
+        })
     }
 
     /// The document under `id` as JSON text (keys sorted).
     pub fn to_json(&self, id: NodeId) -> String {
-        fn write(arena: &Arena, id: NodeId, out: &mut String) {
-            match &*arena.view(id) {
-                Node::Null => out.push_str("null"),
-                Node::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-                Node::Number(n) => out.push_str(n),
-                Node::String(s) => out.push_str(&serde_json::Value::from(&**s).to_string()),
-                Node::Array(items) => {
-                    out.push('[');
-                    for (i, item) in items.iter().enumerate() {
-                        if i > 0 {
-                            out.push(',');
-                        }
-                        write(arena, *item, out);
-                    }
-                    out.push(']');
+        // One node at a time, so no lock is held while a cold node is read back.
+        fn write(store: &TraitStore, id: NodeId, out: &mut String) {
+            let children = store.with_node(id, |_, node| match node {
+                Node::Null => {
+                    out.push_str("null");
+                    None
                 }
-                Node::Object(members) => {
-                    out.push('{');
-                    for (i, kv) in members.chunks_exact(2).enumerate() {
-                        if i > 0 {
-                            out.push(',');
-                        }
-                        write(arena, kv[0], out);
-                        out.push(':');
-                        write(arena, kv[1], out);
-                    }
-                    out.push('}');
+                Node::Bool(b) => {
+                    out.push_str(if *b { "true" } else { "false" });
+                    None
+                }
+                Node::Number(n) => {
+                    out.push_str(n);
+                    None
+                }
+                Node::String(s) => {
+                    out.push_str(&serde_json::Value::from(&**s).to_string());
+                    None
+                }
+                Node::Array(items) => Some((false, items.to_vec())),
+                Node::Object(members) => Some((true, members.to_vec())),
+            });
+            let Some((object, ids)) = children else { return };
+            let (open, close, step) = if object { ('{', '}', 2) } else { ('[', ']', 1) };
+            out.push(open);
+            for (i, item) in ids.chunks(step).enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write(store, item[0], out);
+                if let Some(&value) = item.get(1) {
+                    out.push(':');
+                    write(store, value, out);
                 }
             }
+            out.push(close);
         }
         let mut out = String::new();
-        write(&self.read(), id, &mut out);
+        write(self, id, &mut out);
         out
     }
 
@@ -600,14 +643,18 @@ impl TraitStore {
         StoreStats { nodes: arena.nodes.len() - arena.free.len(), heap_bytes: arena.heap_bytes, cold: arena.n_cold }
     }
 
-    /// Reads cold nodes back from `source` from now on, and lets written nodes go cold.
+    /// Reads cold nodes back from `source` from now on, and lets written nodes go cold. A
+    /// store is attached to one snapshot for its life: a second source is ignored.
     pub fn attach(&self, source: Arc<dyn ColdRows>) {
-        self.write().source = Some(source);
+        let _ = self.source.set(source);
     }
 
     /// Sends out of memory the large arrays and objects among `written`, rows the snapshot
     /// has just committed; returns how many went.
     pub fn evict_written(&self, written: &[(u32, NodeRow)]) -> usize {
+        if self.source.get().is_none() {
+            return 0;
+        }
         let mut arena = self.write();
         let mut evicted = 0;
         for (row, _) in written.iter().filter(|(_, node)| node.children.len() >= COLD_MIN_IDS) {
@@ -622,6 +669,9 @@ impl TraitStore {
     /// Sends out of memory every large array and object the snapshot holds (after a load);
     /// returns how many went.
     pub fn evict_all_written(&self) -> usize {
+        if self.source.get().is_none() {
+            return 0;
+        }
         let mut arena = self.write();
         (0..arena.nodes.len() as NodeId).map(|id| usize::from(arena.evict(id))).sum()
     }
@@ -632,8 +682,8 @@ impl TraitStore {
     pub fn settle(&self) -> usize {
         let dropped = std::mem::take(&mut self.write().cold_dropped);
         let mut freed = 0;
-        for id in dropped {
-            let loaded = self.read().load(id);
+        for (id, cold) in self.cold_of(dropped) {
+            let loaded = self.read_back(id, cold);
             let mut arena = self.write();
             match loaded {
                 Ok(node) => {
@@ -655,15 +705,15 @@ impl TraitStore {
 
     /// Brings every cold node back into memory (before the snapshot is written anew).
     pub fn warm_all(&self) -> Result<(), String> {
-        let cold: Vec<NodeId> = {
+        let live: Vec<NodeId> = {
             let arena = self.read();
-            (0..arena.nodes.len() as NodeId)
-                .filter(|&id| matches!(arena.nodes[id as usize], Slot::Cold { .. }))
-                .filter(|id| !arena.cold_dropped.contains(id))
-                .collect()
+            (0..arena.nodes.len() as NodeId).filter(|id| !arena.cold_dropped.contains(id)).collect()
         };
-        let mut arena = self.write();
-        cold.into_iter().try_for_each(|id| arena.warm(id))
+        for (id, cold) in self.cold_of(live) {
+            let node = self.read_back(id, cold)?;
+            self.write().warm(id, node);
+        }
+        Ok(())
     }
 
     /// Gives a snapshot row to every node under `root` that has none yet, children before
@@ -915,10 +965,19 @@ mod tests {
     struct Rows {
         children: std::sync::Mutex<HashMap<u32, Vec<u32>>>,
         unreadable: std::sync::atomic::AtomicBool,
+        /// A store to check, at each read, that its arena is not locked meanwhile.
+        probe: std::sync::OnceLock<Arc<TraitStore>>,
+        /// Reads made while the probed arena was locked.
+        locked_reads: std::sync::atomic::AtomicUsize,
     }
 
     impl ColdRows for Rows {
         fn children(&self, row: u32) -> Result<Vec<u32>, String> {
+            if let Some(store) = self.probe.get()
+                && store.arena.try_write().is_err()
+            {
+                self.locked_reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             if self.unreadable.load(std::sync::atomic::Ordering::Relaxed) {
                 return Err(format!("trait row {row}: disk I/O error"));
             }
@@ -969,6 +1028,25 @@ mod tests {
         assert_eq!(store.settle(), 1);
         store.release(c);
         assert_eq!(store.stats(), StoreStats { nodes: 0, heap_bytes: 0, cold: 0 });
+    }
+
+    #[test]
+    fn the_snapshot_is_read_with_the_arena_unlocked() {
+        // A compile reading a cold value must not keep a traits upload (the write lock, taken
+        // under a fleet shard's lock on the check-in path) waiting for the disk.
+        let store = Arc::new(TraitStore::default());
+        let rows = Arc::new(Rows::default());
+        let a = store.intern_json(&big("a")).unwrap();
+        written(&store, &rows, &[a]);
+        let _ = rows.probe.set(store.clone());
+        let packages = store.member(a, "packages").unwrap();
+        assert_eq!(store.to_json(store.member(packages, "p03").unwrap()), r#"{"v":3}"#);
+        assert_eq!(store.members(packages).len(), 40);
+        assert_eq!(store.item(packages, 0), None, "an object has no items");
+        assert_eq!(store.to_json(a), big("a"));
+        store.release(a);
+        assert_eq!(store.settle(), 1);
+        assert_eq!(rows.locked_reads.load(std::sync::atomic::Ordering::Relaxed), 0);
     }
 
     #[test]
