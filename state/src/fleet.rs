@@ -166,7 +166,7 @@ impl FleetIndex {
             }
             self.traits.retain(root);
             let change = IndexChange { envoy_id: entry_id(&shard, envoy_id), old, new: root };
-            lock_plain(&self.index_pending).push(change);
+            lock(&self.index_pending).push(change);
         }
     }
 
@@ -174,8 +174,8 @@ impl FleetIndex {
     /// and gives back the documents they held. May read cold traits from the snapshot: for
     /// the snapshot writer and queries, never the check-in path (I-3).
     pub fn settle_index(&self) {
-        let _settling = lock_plain(&self.index_settling);
-        let changes = std::mem::take(&mut *lock_plain(&self.index_pending));
+        let _settling = lock(&self.index_settling);
+        let changes = std::mem::take(&mut *lock(&self.index_pending));
         for change in changes {
             self.index.update(&self.traits, &change.envoy_id, change.old, Some(change.new));
             if let Some(old) = change.old {
@@ -308,11 +308,7 @@ impl FleetIndex {
     }
 }
 
-fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
-    lock_plain(shard)
-}
-
-fn lock_plain<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves plain data behind; keep serving it.
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
