@@ -134,9 +134,6 @@ pub struct FleetStore {
     pending_deletes: VecDeque<Vec<u32>>,
     /// Set after a failed write: the next flush rewrites everything from empty tables.
     rewrite: bool,
-    /// Whether the trait store forgot its rows for that rewrite yet (it reads its cold nodes
-    /// back first, which may fail and is then tried again).
-    forgotten: bool,
 }
 
 impl std::fmt::Debug for FleetStore {
@@ -162,7 +159,7 @@ impl FleetStore {
         }
         conn.execute_batch(SCHEMA).map_err(sqlite)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(sqlite)?;
-        Ok(Self { conn, path: path.to_path_buf(), pending_deletes: VecDeque::new(), rewrite: false, forgotten: false })
+        Ok(Self { conn, path: path.to_path_buf(), pending_deletes: VecDeque::new(), rewrite: false })
     }
 
     fn sqlite(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
@@ -248,10 +245,12 @@ impl FleetStore {
         // cold values (both may read this file).
         fleet.settle_index();
         store.settle();
-        if self.rewrite && !self.forgotten {
+        if self.rewrite {
+            // Rows given out since the last commit never made it to the file: start from none.
+            // The store reads its cold nodes back first; when it cannot, this flush fails and
+            // the next one tries again.
             store.forget_rows().map_err(|reason| StoreError::Cold { path: self.path.clone(), reason })?;
             self.pending_deletes.clear();
-            self.forgotten = true;
         }
         let scope = if self.rewrite { Scope::All } else { scope };
         // Freed rows are taken before the dirty envoys: an envoy that let go of a node did so
@@ -309,7 +308,6 @@ impl FleetStore {
     fn start_over(&mut self, fleet: &FleetIndex) {
         fleet.mark_all_dirty();
         self.rewrite = true;
-        self.forgotten = false;
     }
 
     fn write(
