@@ -221,6 +221,7 @@ fn cold_traits(c: &mut Criterion) {
     };
     let hot = traits.stats();
     c.bench_function("traits/hot_member", |b| b.iter(|| version(black_box(next_root()))));
+    c.bench_function("traits/hot_to_json", |b| b.iter(|| traits.to_json(black_box(next_root())).len()));
     store.flush(&fleet, Scope::All).unwrap();
     let cold = traits.stats();
     eprintln!(
